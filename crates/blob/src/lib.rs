@@ -1,0 +1,90 @@
+//! Blob stores for Kopia repositories. A blob store keeps opaque, immutable blobs by ID and knows
+//! nothing of encryption or contents. Backends never retry by themselves; wrappers add behaviour.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use kmover_blob::{BlobStore, memory::MemoryStore};
+//! let store = MemoryStore::new();
+//! store.put("kopia.repository", b"{}".to_vec().into()).await.unwrap();
+//! assert_eq!(store.get("kopia.repository").await.unwrap(), b"{}".to_vec());
+//! # });
+//! ```
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use thiserror::Error;
+
+pub mod conformance;
+pub mod fault;
+pub mod fs;
+pub mod memory;
+
+/// What a listing or metadata call reports of one blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobMetadata {
+    pub id: String,
+    pub length: u64,
+    /// Assigned by the storage (file mtime, S3 LastModified); the epoch manager and GC compare these.
+    pub timestamp: DateTime<Utc>,
+}
+
+#[derive(Debug, Error)]
+pub enum BlobError {
+    #[error("blob {0:?} not found")]
+    NotFound(String),
+    /// A ranged read asked for bytes past the end of the blob.
+    #[error("blob {id:?}: range {offset}+{length} is beyond its length {actual}")]
+    InvalidRange {
+        id: String,
+        offset: u64,
+        length: u64,
+        actual: u64,
+    },
+    #[error("blob {id:?}: {op} failed at {path}: {source}")]
+    Io {
+        id: String,
+        op: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("blob store: {0}")]
+    Other(String),
+    /// The ID cannot be stored by this backend (empty, or a `/`, NUL or `.`/`..` path segment).
+    #[error("blob ID {id:?} is not valid: {reason}")]
+    InvalidId { id: String, reason: &'static str },
+    /// The filesystem store's `.shards` file exists but cannot be understood.
+    #[error("sharding parameters in {path} are not valid: {reason}")]
+    InvalidShards { path: String, reason: String },
+}
+
+impl BlobError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, BlobError::NotFound(_))
+    }
+}
+
+pub type Result<T, E = BlobError> = std::result::Result<T, E>;
+
+/// Bytes of a blob. `bytes::Bytes` would avoid a copy for memory stores; a Vec keeps the API plain.
+pub type BlobBytes = Vec<u8>;
+
+#[async_trait]
+pub trait BlobStore: Send + Sync + std::fmt::Debug {
+    /// The whole blob.
+    async fn get(&self, id: &str) -> Result<BlobBytes>;
+    /// Exactly `length` bytes from `offset`; a short blob is `InvalidRange`, never a short read.
+    async fn get_range(&self, id: &str, offset: u64, length: u64) -> Result<BlobBytes>;
+    async fn metadata(&self, id: &str) -> Result<BlobMetadata>;
+    /// Atomic: readers see the old blob or the complete new one.
+    async fn put(&self, id: &str, data: BlobBytes) -> Result<()>;
+    /// Deleting a missing blob succeeds.
+    async fn delete(&self, id: &str) -> Result<()>;
+    /// Every blob whose ID starts with `prefix` (any string prefix), in no particular order.
+    async fn list(&self, prefix: &str) -> Result<Vec<BlobMetadata>>;
+    /// A human-readable location for messages ("filesystem /repo", "s3://bucket/prefix").
+    fn describe(&self) -> String;
+}
+
+pub type DynBlobStore = Arc<dyn BlobStore>;

@@ -1,0 +1,522 @@
+//! Contents: hashed, optionally compressed, encrypted and appended to pack blobs (`p` for data, `q`
+//! for prefixed metadata), indexed on flush. Durability order is kopia's: packs are uploaded first,
+//! the index blobs next, the session markers are deleted last — so every index entry points to a
+//! pack that is already stored, and a crash leaves at worst unreferenced packs.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use chrono::{DateTime, Utc};
+use kmover_blob::DynBlobStore;
+use kmover_format::compression;
+use kmover_format::index::{IndexBuilder, IndexEntry};
+use kmover_format::pack::{self, Postamble};
+use kmover_format::session::{SessionInfo, session_id};
+use kmover_format::{ContentId, format_blob};
+use tokio::sync::Mutex;
+use tokio::task::JoinSet;
+
+use crate::committed_index::CommittedIndex;
+use crate::crypto::{RepoCrypto, random_bytes};
+use crate::error::{RepoError, Result};
+use crate::index_blobs;
+use crate::repository::Clock;
+
+/// Index entries per index blob, as kopia's `DefaultIndexShardSize`.
+const INDEX_SHARD_SIZE: usize = 16_000_000;
+/// Packs uploaded concurrently by one writer before `write_content` waits for one to finish.
+const MAX_UPLOADS_IN_FLIGHT: usize = 4;
+/// kopia flushes automatically when this long has passed since the last index flush.
+const AUTO_FLUSH_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
+
+pub struct ContentManager {
+    store: DynBlobStore,
+    crypto: Arc<RepoCrypto>,
+    committed: RwLock<CommittedIndex>,
+    writer: Mutex<WriterState>,
+    clock: Clock,
+    username: String,
+    hostname: String,
+}
+
+struct Session {
+    info: SessionInfo,
+    marker_blob_ids: Vec<String>,
+}
+
+struct PendingPack {
+    blob_id: Arc<str>,
+    data: Vec<u8>,
+    entries: Vec<IndexEntry>,
+}
+
+/// A finalized pack being uploaded: its bytes (for reads) and entries (indexed once it is stored).
+type UploadingPack = (Arc<Vec<u8>>, Vec<IndexEntry>);
+
+struct WriterState {
+    session: Option<Session>,
+    /// Slot 0 holds `p` (unprefixed) contents, slot 1 `q` (prefixed) ones.
+    pending: [Option<PendingPack>; 2],
+    uploads: JoinSet<(Arc<str>, Result<()>)>,
+    uploading: HashMap<Arc<str>, UploadingPack>,
+    /// Entries of stored packs awaiting the next index flush.
+    stored: Vec<IndexEntry>,
+    /// Every entry written since the last flush, for dedup and read-your-writes.
+    written: HashMap<ContentId, IndexEntry>,
+    last_flush: DateTime<Utc>,
+}
+
+impl WriterState {
+    /// The stored bytes of an unflushed content whose pack is still in memory.
+    fn in_memory_bytes(&self, e: &IndexEntry) -> Option<Vec<u8>> {
+        let data = match self
+            .pending
+            .iter()
+            .flatten()
+            .find(|p| p.blob_id == e.pack_blob_id)
+        {
+            Some(p) => &p.data,
+            None => self
+                .uploading
+                .get(&e.pack_blob_id)
+                .map(|(data, _)| data.as_ref())?,
+        };
+        let start = e.pack_offset as usize;
+        data.get(start..start + e.packed_length as usize)
+            .map(<[u8]>::to_vec)
+    }
+}
+
+impl ContentManager {
+    pub(crate) fn new(
+        store: DynBlobStore,
+        crypto: Arc<RepoCrypto>,
+        committed: CommittedIndex,
+        clock: Clock,
+        username: String,
+        hostname: String,
+    ) -> Self {
+        let now = clock();
+        ContentManager {
+            store,
+            crypto,
+            committed: RwLock::new(committed),
+            writer: Mutex::new(WriterState {
+                session: None,
+                pending: [None, None],
+                uploads: JoinSet::new(),
+                uploading: HashMap::new(),
+                stored: Vec::new(),
+                written: HashMap::new(),
+                last_flush: now,
+            }),
+            clock,
+            username,
+            hostname,
+        }
+    }
+
+    pub fn crypto(&self) -> &RepoCrypto {
+        &self.crypto
+    }
+
+    pub fn store(&self) -> &DynBlobStore {
+        &self.store
+    }
+
+    /// The ID `data` would get with `prefix`, without writing anything.
+    pub fn content_id_for(&self, data: &[u8], prefix: Option<u8>) -> Result<ContentId> {
+        Ok(ContentId::from_hash(
+            prefix,
+            self.crypto.hasher.hash(data).as_ref(),
+        )?)
+    }
+
+    /// Stores `data` unless a live content with the same ID exists; returns its ID.
+    /// `compression` is a kopia compression header ID; data that does not shrink is stored raw.
+    pub async fn write_content(
+        &self,
+        data: &[u8],
+        prefix: Option<u8>,
+        compression: Option<u32>,
+    ) -> Result<ContentId> {
+        let id = self.content_id_for(data, prefix)?;
+        let previous = self
+            .committed
+            .read()
+            .expect("index lock poisoned")
+            .lookup_including_deleted(&id);
+        if previous.as_ref().is_some_and(|e| !e.deleted) {
+            return Ok(id);
+        }
+        let (payload, header_id) = self.compress(&id, data, compression)?;
+        let encrypted = self
+            .crypto
+            .encryptor
+            .encrypt(&payload, id.iv(), random_bytes());
+
+        let mut w = self.writer.lock().await;
+        if w.written.get(&id).is_some_and(|e| !e.deleted) {
+            return Ok(id);
+        }
+        let now = (self.clock)().timestamp();
+        let previous_ts = w
+            .written
+            .get(&id)
+            .or(previous.as_ref())
+            .map(|e| e.timestamp_seconds);
+        let slot = usize::from(id.has_prefix());
+        if w.pending[slot].is_none() {
+            let session_id = self.ensure_session(&mut w).await?;
+            w.pending[slot] = Some(self.new_pending_pack(slot, &session_id));
+        }
+        let pending = w.pending[slot]
+            .as_mut()
+            .expect("pending pack was just created");
+        let entry = IndexEntry {
+            content_id: id,
+            timestamp_seconds: previous_ts.map_or(now, |p| now.max(p + 1)),
+            deleted: false,
+            pack_blob_id: pending.blob_id.clone(),
+            pack_offset: u32::try_from(pending.data.len())
+                .map_err(|_| RepoError::Other("pack offset overflow".into()))?,
+            packed_length: u32::try_from(encrypted.len())
+                .map_err(|_| RepoError::Other(format!("content {id} is too large")))?,
+            original_length: u32::try_from(data.len())
+                .map_err(|_| RepoError::Other(format!("content {id} is too large")))?,
+            compression_header_id: header_id,
+            format_version: self.crypto.format_version(),
+            encryption_key_id: 0,
+        };
+        pending.data.extend_from_slice(&encrypted);
+        pending.entries.push(entry.clone());
+        let full = pending.data.len() >= self.crypto.max_pack_size();
+        w.written.insert(id, entry);
+        if full {
+            let pack = w.pending[slot].take().expect("pending pack present");
+            self.start_upload(&mut w, pack).await?;
+        }
+        if (self.clock)() - w.last_flush >= AUTO_FLUSH_INTERVAL {
+            self.flush_locked(&mut w).await?;
+        }
+        Ok(id)
+    }
+
+    fn compress(
+        &self,
+        id: &ContentId,
+        data: &[u8],
+        compression: Option<u32>,
+    ) -> Result<(Vec<u8>, u32)> {
+        let Some(header_id) = compression.filter(|&h| h != 0) else {
+            return Ok((data.to_vec(), 0));
+        };
+        if self.crypto.index_version() < 2 {
+            // Index v1 cannot record compression: kopia stores metadata raw and refuses data.
+            if id.has_prefix() {
+                return Ok((data.to_vec(), 0));
+            }
+            return Err(RepoError::Other(
+                "compression requires index format v2; this repository uses v1 (upgrade it first)"
+                    .into(),
+            ));
+        }
+        Ok(match compression::compress(header_id, data)? {
+            Some(c) => (c, header_id),
+            None => (data.to_vec(), 0),
+        })
+    }
+
+    fn new_pending_pack(&self, slot: usize, session_id: &str) -> PendingPack {
+        let letter = if slot == 0 { 'p' } else { 'q' };
+        let blob_id: Arc<str> =
+            format!("{letter}{}-{session_id}", hex::encode(random_bytes::<16>())).into();
+        let mut data = Vec::with_capacity(self.crypto.max_pack_size() + (1 << 20));
+        if !self.crypto.config.enable_password_change {
+            // Packs of v1-created repositories start with a checksummed copy of the format blob.
+            if let Ok(replica) = format_blob::checksummed_replica(&self.crypto.format_blob_bytes) {
+                data.extend_from_slice(&replica);
+            }
+        }
+        data.extend_from_slice(&random_bytes::<{ pack::PREAMBLE_LEN }>());
+        PendingPack {
+            blob_id,
+            data,
+            entries: Vec::new(),
+        }
+    }
+
+    async fn ensure_session(&self, w: &mut WriterState) -> Result<String> {
+        if let Some(s) = &w.session {
+            return Ok(s.info.id.clone());
+        }
+        let now = (self.clock)();
+        let info = SessionInfo {
+            id: session_id(random_bytes(), now),
+            start_time: now,
+            checkpoint_time: now,
+            username: self.username.clone(),
+            hostname: self.hostname.clone(),
+        };
+        let json = serde_json::to_vec(&info).map_err(|e| RepoError::Other(e.to_string()))?;
+        let (marker_id, bytes) = self.crypto.encrypt_blob("s", &info.id, &json);
+        self.store.put(&marker_id, bytes).await?;
+        let id = info.id.clone();
+        w.session = Some(Session {
+            info,
+            marker_blob_ids: vec![marker_id],
+        });
+        Ok(id)
+    }
+
+    /// Pads the pack, appends its encrypted local index and postamble, and starts uploading it.
+    async fn start_upload(&self, w: &mut WriterState, pack: PendingPack) -> Result<()> {
+        let PendingPack {
+            blob_id,
+            mut data,
+            entries,
+        } = pack;
+        let pad = pack::padding_len(data.len());
+        let mut padding = vec![0u8; pad];
+        getrandom::fill(&mut padding).expect("the OS random source failed");
+        data.extend_from_slice(&padding);
+
+        let mut local = IndexBuilder::new();
+        for e in &entries {
+            local.add(e.clone());
+        }
+        let mut local_plain = local.build(self.crypto.index_version())?;
+        local_plain.extend_from_slice(&random_bytes::<{ pack::LOCAL_INDEX_RANDOM_TAIL }>());
+        let iv = self.crypto.hasher.hash(&local_plain);
+        let local_index_offset = data.len() as u64;
+        self.crypto
+            .encryptor
+            .encrypt_into(&local_plain, iv.as_ref(), random_bytes(), &mut data);
+        let postamble = Postamble {
+            iv: iv.as_ref().to_vec(),
+            local_index_offset,
+            local_index_length: data.len() as u64 - local_index_offset,
+        };
+        data.extend_from_slice(&postamble.encode());
+
+        while w.uploads.len() >= MAX_UPLOADS_IN_FLIGHT {
+            Self::finish_one_upload(w).await?;
+        }
+        let data = Arc::new(data);
+        let store = self.store.clone();
+        let (id, bytes) = (blob_id.clone(), data.clone());
+        w.uploads.spawn(async move {
+            let r = store
+                .put(&id, bytes.as_ref().clone())
+                .await
+                .map_err(RepoError::from);
+            (id, r)
+        });
+        w.uploading.insert(blob_id, (data, entries));
+        Ok(())
+    }
+
+    async fn finish_one_upload(w: &mut WriterState) -> Result<()> {
+        let Some(joined) = w.uploads.join_next().await else {
+            return Ok(());
+        };
+        let (blob_id, result) =
+            joined.map_err(|e| RepoError::Other(format!("pack upload task failed: {e}")))?;
+        let (_, entries) = w.uploading.remove(&blob_id).expect("upload was registered");
+        match result {
+            Ok(()) => {
+                w.stored.extend(entries);
+                Ok(())
+            }
+            Err(e) => {
+                // These contents never became durable: forget them so nothing indexes them.
+                for entry in &entries {
+                    w.written.remove(&entry.content_id);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Uploads pending packs, writes the index blobs for everything stored, and commits the session.
+    pub async fn flush(&self) -> Result<()> {
+        let mut w = self.writer.lock().await;
+        self.flush_locked(&mut w).await
+    }
+
+    async fn flush_locked(&self, w: &mut WriterState) -> Result<()> {
+        for slot in 0..2 {
+            if let Some(pack) = w.pending[slot].take() {
+                self.start_upload(w, pack).await?;
+            }
+        }
+        let mut first_error = None;
+        while !w.uploads.is_empty() {
+            if let Err(e) = Self::finish_one_upload(w).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if !w.stored.is_empty() {
+            let session_id = w
+                .session
+                .as_ref()
+                .map(|s| s.info.id.clone())
+                .expect("stored entries imply a session");
+            let mut builder = IndexBuilder::new();
+            for e in &w.stored {
+                builder.add(e.clone());
+            }
+            let shards = builder
+                .shard(INDEX_SHARD_SIZE)
+                .iter()
+                .map(|b| b.build(self.crypto.index_version()))
+                .collect::<Result<Vec<_>, _>>()?;
+            index_blobs::write_index_shards(&self.store, &self.crypto, &session_id, &shards)
+                .await?;
+            let stored = std::mem::take(&mut w.stored);
+            self.committed
+                .write()
+                .expect("index lock poisoned")
+                .add_own(stored);
+            w.written.clear();
+        }
+        if let Some(session) = w.session.take() {
+            for marker in &session.marker_blob_ids {
+                self.store.delete(marker).await?;
+            }
+        }
+        w.last_flush = (self.clock)();
+        Ok(())
+    }
+
+    /// The winning index entry of `id`, deleted or not, including unflushed writes.
+    pub async fn content_info(&self, id: &ContentId) -> Option<IndexEntry> {
+        if let Some(e) = self.writer.lock().await.written.get(id) {
+            return Some(e.clone());
+        }
+        self.committed
+            .read()
+            .expect("index lock poisoned")
+            .lookup_including_deleted(id)
+    }
+
+    /// Every content (merged winners) in ID order; deleted ones only when asked.
+    pub async fn list_contents(&self, include_deleted: bool) -> Vec<IndexEntry> {
+        let mut all = self
+            .committed
+            .read()
+            .expect("index lock poisoned")
+            .merged_entries();
+        let written: Vec<IndexEntry> = self.writer.lock().await.written.values().cloned().collect();
+        if !written.is_empty() {
+            let mut map: std::collections::BTreeMap<ContentId, IndexEntry> =
+                all.into_iter().map(|e| (e.content_id, e)).collect();
+            for e in written {
+                map.insert(e.content_id, e);
+            }
+            all = map.into_values().collect();
+        }
+        all.retain(|e| include_deleted || !e.deleted);
+        all
+    }
+
+    pub fn index_blob_ids(&self) -> Vec<String> {
+        self.committed
+            .read()
+            .expect("index lock poisoned")
+            .index_blob_ids()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    pub async fn read_content(&self, id: &ContentId) -> Result<Vec<u8>> {
+        let unflushed = {
+            let w = self.writer.lock().await;
+            w.written.get(id).map(|e| (e.clone(), w.in_memory_bytes(e)))
+        };
+        let (entry, in_memory) = match unflushed {
+            Some(found) => found,
+            None => {
+                let e = self
+                    .committed
+                    .read()
+                    .expect("index lock poisoned")
+                    .lookup_including_deleted(id);
+                (e.ok_or(RepoError::ContentNotFound(*id))?, None)
+            }
+        };
+        let bytes = match in_memory {
+            Some(bytes) => bytes,
+            None => self.fetch_packed(&entry).await?,
+        };
+        self.decode_packed(&entry, &bytes)
+    }
+
+    async fn fetch_packed(&self, e: &IndexEntry) -> Result<Vec<u8>> {
+        self.store
+            .get_range(
+                &e.pack_blob_id,
+                u64::from(e.pack_offset),
+                u64::from(e.packed_length),
+            )
+            .await
+            .map_err(|err| corrupt(e, format!("cannot read pack: {err}")))
+    }
+
+    /// Decrypts and decompresses one content's stored bytes.
+    pub fn decode_packed(&self, e: &IndexEntry, packed: &[u8]) -> Result<Vec<u8>> {
+        if e.encryption_key_id != 0 {
+            return Err(corrupt(
+                e,
+                format!("unsupported encryption key ID {}", e.encryption_key_id),
+            ));
+        }
+        let plain = self
+            .crypto
+            .encryptor
+            .decrypt(packed, e.content_id.iv())
+            .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
+        if e.compression_header_id == 0 {
+            return Ok(plain);
+        }
+        compression::decompress(e.compression_header_id, &plain, e.original_length as usize)
+            .map_err(|err| corrupt(e, format!("cannot decompress: {err}")))
+    }
+
+    /// Checks one content: its pack range exists (quick) or it decrypts and decompresses (full).
+    pub async fn verify_content(&self, e: &IndexEntry, full: bool) -> Result<()> {
+        if full {
+            let bytes = self.fetch_packed(e).await?;
+            self.decode_packed(e, &bytes).map(|_| ())
+        } else {
+            let meta = self
+                .store
+                .metadata(&e.pack_blob_id)
+                .await
+                .map_err(|err| corrupt(e, format!("pack blob is missing: {err}")))?;
+            if u64::from(e.pack_offset) + u64::from(e.packed_length) > meta.length {
+                return Err(corrupt(
+                    e,
+                    format!(
+                        "pack is shorter ({} bytes) than the content's range",
+                        meta.length
+                    ),
+                ));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn corrupt(e: &IndexEntry, reason: String) -> RepoError {
+    RepoError::CorruptContent {
+        id: e.content_id,
+        pack: e.pack_blob_id.to_string(),
+        offset: e.pack_offset,
+        length: e.packed_length,
+        reason,
+    }
+}

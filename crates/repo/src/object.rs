@@ -1,0 +1,313 @@
+//! Objects: byte streams cut into contents by the repository's splitter. One chunk is a direct
+//! object; more chunks get a `kopia:indirect` index object (itself an object) and an `I…` ID.
+//! Chunks are written concurrently (hash, compress and encrypt on all cores) while the splitter
+//! moves on, with a bounded number in flight so memory stays flat.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use kmover_format::ContentId;
+use kmover_format::compression;
+use kmover_format::object::{self, IndirectEntry, ObjectId};
+use kmover_format::splitter::{self, Splitter};
+use tokio::task::JoinHandle;
+
+use crate::content_manager::ContentManager;
+use crate::error::{RepoError, Result};
+
+#[derive(Debug, Clone, Default)]
+pub struct ObjectWriterOptions {
+    /// Content prefix (`k` for directories); `None` for file data.
+    pub prefix: Option<u8>,
+    /// Compression header ID for the chunks.
+    pub compression: Option<u32>,
+    /// Compression header ID for the indirect index object.
+    pub metadata_compression: Option<u32>,
+    /// Splitter name; `None` uses the repository's.
+    pub splitter: Option<String>,
+    /// Chunk writes in flight (at least 1).
+    pub parallelism: usize,
+}
+
+struct Chunk {
+    start: u64,
+    length: u64,
+    write: JoinHandle<Result<ObjectId>>,
+}
+
+pub struct ObjectWriter {
+    contents: Arc<ContentManager>,
+    opts: ObjectWriterOptions,
+    splitter: Box<dyn Splitter>,
+    buffer: Vec<u8>,
+    position: u64,
+    in_flight: VecDeque<Chunk>,
+    done: Vec<IndirectEntry>,
+    wrote_any: bool,
+}
+
+impl ObjectWriter {
+    pub fn new(contents: Arc<ContentManager>, opts: ObjectWriterOptions) -> Result<Self> {
+        let name = opts
+            .splitter
+            .clone()
+            .unwrap_or_else(|| contents.crypto().config.splitter.clone());
+        let name = if name.is_empty() {
+            splitter::DEFAULT_SPLITTER.to_string()
+        } else {
+            name
+        };
+        let splitter = splitter::new_splitter(&name)?;
+        Ok(ObjectWriter {
+            contents,
+            opts,
+            splitter,
+            buffer: Vec::new(),
+            position: 0,
+            in_flight: VecDeque::new(),
+            done: Vec::new(),
+            wrote_any: false,
+        })
+    }
+
+    pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        while !data.is_empty() {
+            match self.splitter.next_boundary(data) {
+                Some(n) => {
+                    self.buffer.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    self.flush_chunk().await?;
+                }
+                None => {
+                    self.buffer.extend_from_slice(data);
+                    data = &[];
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_chunk(&mut self) -> Result<()> {
+        let chunk = std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(self.splitter.max_segment_size().min(8 << 20)),
+        );
+        let length = chunk.len() as u64;
+        let contents = self.contents.clone();
+        let (prefix, compression) = (self.opts.prefix, self.opts.compression);
+        let write =
+            tokio::spawn(async move { write_chunk(&contents, chunk, prefix, compression).await });
+        self.in_flight.push_back(Chunk {
+            start: self.position,
+            length,
+            write,
+        });
+        self.position += length;
+        self.wrote_any = true;
+        while self.in_flight.len() > self.opts.parallelism.max(1) {
+            self.finish_oldest().await?;
+        }
+        Ok(())
+    }
+
+    async fn finish_oldest(&mut self) -> Result<()> {
+        let Some(chunk) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let id = chunk
+            .write
+            .await
+            .map_err(|e| RepoError::Other(format!("chunk write task failed: {e}")))??;
+        self.done.push(IndirectEntry {
+            start: chunk.start as i64,
+            length: chunk.length as i64,
+            object: id,
+        });
+        Ok(())
+    }
+
+    /// Bytes written so far.
+    pub fn position(&self) -> u64 {
+        self.position + self.buffer.len() as u64
+    }
+
+    /// Writes what remains and returns the object's ID. An empty object is one empty content.
+    pub async fn finish(mut self) -> Result<ObjectId> {
+        if !self.buffer.is_empty() || !self.wrote_any {
+            self.flush_chunk().await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.finish_oldest().await?;
+        }
+        if self.done.len() == 1 {
+            return Ok(self.done[0].object);
+        }
+        let index = object::encode_indirect_index(&self.done);
+        let index_opts = ObjectWriterOptions {
+            prefix: Some(self.opts.prefix.unwrap_or(object::INDIRECT_CONTENT_PREFIX)),
+            compression: self.opts.metadata_compression,
+            metadata_compression: self.opts.metadata_compression,
+            splitter: None,
+            parallelism: self.opts.parallelism,
+        };
+        let mut writer = ObjectWriter::new(self.contents.clone(), index_opts)?;
+        writer.write(&index).await?;
+        let index_id = Box::pin(writer.finish()).await?;
+        Ok(ObjectId::indirect(index_id)?)
+    }
+}
+
+/// Writes one chunk. Repositories whose index cannot record compression (v1) get kopia's legacy
+/// object-level compression (`Z` IDs) for unprefixed data.
+async fn write_chunk(
+    contents: &ContentManager,
+    chunk: Vec<u8>,
+    prefix: Option<u8>,
+    compression: Option<u32>,
+) -> Result<ObjectId> {
+    if let Some(header) = compression
+        && prefix.is_none()
+        && contents.crypto().index_version() < 2
+    {
+        if let Some(compressed) = compression::compress(header, &chunk)? {
+            let id = contents.write_content(&compressed, None, None).await?;
+            return Ok(ObjectId::compressed(id));
+        }
+        return Ok(ObjectId::direct(
+            contents.write_content(&chunk, None, None).await?,
+        ));
+    }
+    Ok(ObjectId::direct(
+        contents.write_content(&chunk, prefix, compression).await?,
+    ))
+}
+
+/// Writes `data` as one object.
+pub async fn write_object(
+    contents: &Arc<ContentManager>,
+    data: &[u8],
+    opts: ObjectWriterOptions,
+) -> Result<ObjectId> {
+    let mut w = ObjectWriter::new(contents.clone(), opts)?;
+    w.write(data).await?;
+    w.finish().await
+}
+
+/// The chunks of an object: one for a direct object, the index entries for an indirect one.
+#[derive(Debug, Clone)]
+pub struct ObjectLayout {
+    pub id: ObjectId,
+    pub chunks: Vec<IndirectEntry>,
+}
+
+impl ObjectLayout {
+    pub fn length(&self) -> u64 {
+        self.chunks
+            .last()
+            .map_or(0, |c| c.end_offset().max(0) as u64)
+    }
+}
+
+/// Deepest indirection accepted when reading: kopia never writes more than a few levels, and a
+/// hostile repository must not make us recurse without bound.
+const MAX_INDIRECTION: u8 = 8;
+
+/// Resolves an object's chunk list. Direct chunks come back with their length from the index.
+pub async fn open_object(contents: &ContentManager, id: &ObjectId) -> Result<ObjectLayout> {
+    if id.indirection() == 0 {
+        let length = direct_length(contents, id).await?;
+        return Ok(ObjectLayout {
+            id: *id,
+            chunks: vec![IndirectEntry {
+                start: 0,
+                length: length as i64,
+                object: *id,
+            }],
+        });
+    }
+    if id.indirection() > MAX_INDIRECTION {
+        return Err(RepoError::Other(format!(
+            "object {id}: too many levels of indirection"
+        )));
+    }
+    let index_id = id.index_object_id().expect("indirect ID has an index");
+    let index_bytes = Box::pin(read_object(contents, &index_id)).await?;
+    let chunks = object::decode_indirect_index(&index_bytes)
+        .map_err(|e| RepoError::Other(format!("object {id}: invalid index object: {e}")))?;
+    let mut expected_start = 0i64;
+    for c in &chunks {
+        if c.start != expected_start || c.length < 0 {
+            return Err(RepoError::Other(format!(
+                "object {id}: index entries are not contiguous at offset {}",
+                c.start
+            )));
+        }
+        expected_start = c.end_offset();
+    }
+    Ok(ObjectLayout { id: *id, chunks })
+}
+
+async fn direct_length(contents: &ContentManager, id: &ObjectId) -> Result<u64> {
+    let Some(cid) = id.content_id() else {
+        return Ok(0);
+    };
+    if id.is_compressed() {
+        // The stored length is the compressed one; only decoding tells the real length.
+        return Ok(read_direct(contents, id, &cid).await?.len() as u64);
+    }
+    let info = contents
+        .content_info(&cid)
+        .await
+        .ok_or(RepoError::ContentNotFound(cid))?;
+    Ok(u64::from(info.original_length))
+}
+
+async fn read_direct(contents: &ContentManager, id: &ObjectId, cid: &ContentId) -> Result<Vec<u8>> {
+    let data = contents.read_content(cid).await?;
+    if !id.is_compressed() {
+        return Ok(data);
+    }
+    let header = data
+        .get(..4)
+        .map(|h| u32::from_be_bytes([h[0], h[1], h[2], h[3]]))
+        .ok_or_else(|| RepoError::Other(format!("object {id}: compressed content too short")))?;
+    // Object-level compression records no original length; bound it by the chunk size limit.
+    Ok(compression::decompress(header, &data, 64 << 20)?)
+}
+
+/// Reads one chunk (a direct object, or recursively an indirect one) and checks its length.
+pub async fn read_chunk(contents: &ContentManager, chunk: &IndirectEntry) -> Result<Vec<u8>> {
+    let data = if chunk.object.indirection() == 0 {
+        match chunk.object.content_id() {
+            Some(cid) => read_direct(contents, &chunk.object, &cid).await?,
+            None => Vec::new(),
+        }
+    } else {
+        Box::pin(read_object(contents, &chunk.object)).await?
+    };
+    if data.len() as i64 != chunk.length {
+        return Err(RepoError::Other(format!(
+            "object {}: chunk is {} bytes, its index says {}",
+            chunk.object,
+            data.len(),
+            chunk.length
+        )));
+    }
+    Ok(data)
+}
+
+/// Reads a whole object into memory (directories, index objects, small files).
+pub async fn read_object(contents: &ContentManager, id: &ObjectId) -> Result<Vec<u8>> {
+    if id.indirection() == 0 {
+        return match id.content_id() {
+            Some(cid) => read_direct(contents, id, &cid).await,
+            None => Ok(Vec::new()),
+        };
+    }
+    let layout = open_object(contents, id).await?;
+    let mut out = Vec::with_capacity(usize::try_from(layout.length()).unwrap_or(0).min(256 << 20));
+    for chunk in &layout.chunks {
+        out.extend_from_slice(&read_chunk(contents, chunk).await?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,78 @@
+//! Creating and opening a repository: the format blob, then the committed index.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use kmover_blob::DynBlobStore;
+
+use crate::committed_index::CommittedIndex;
+use crate::content_manager::ContentManager;
+use crate::crypto::{FormatOptions, RepoCrypto};
+use crate::error::Result;
+
+/// The time source; tests substitute a fake clock shared with kopia.
+pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(Utc::now)
+}
+
+pub type CreateOptions = FormatOptions;
+
+#[derive(Clone)]
+pub struct OpenOptions {
+    pub clock: Clock,
+    /// Recorded in session markers, as kopia's client identity.
+    pub username: String,
+    pub hostname: String,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            clock: system_clock(),
+            username: "kmover".into(),
+            hostname: "localhost".into(),
+        }
+    }
+}
+
+pub struct Repository {
+    store: DynBlobStore,
+    contents: Arc<ContentManager>,
+}
+
+impl Repository {
+    /// Writes a new repository's format blobs. The store must be empty of them.
+    pub async fn create(store: DynBlobStore, opts: &CreateOptions, password: &str) -> Result<()> {
+        RepoCrypto::initialize(&store, opts, password)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn open(store: DynBlobStore, password: &str, opts: OpenOptions) -> Result<Self> {
+        let crypto = Arc::new(RepoCrypto::load(&store, password).await?);
+        let (committed, _) = CommittedIndex::load(&store, &crypto).await?;
+        let contents = Arc::new(ContentManager::new(
+            store.clone(),
+            crypto,
+            committed,
+            opts.clock,
+            opts.username,
+            opts.hostname,
+        ));
+        Ok(Repository { store, contents })
+    }
+
+    pub fn contents(&self) -> &Arc<ContentManager> {
+        &self.contents
+    }
+
+    pub fn crypto(&self) -> &RepoCrypto {
+        self.contents.crypto()
+    }
+
+    pub fn store(&self) -> &DynBlobStore {
+        &self.store
+    }
+}
