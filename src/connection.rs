@@ -82,6 +82,7 @@ pub async fn open_store(cfg: &LocalConfig) -> anyhow::Result<DynBlobStore> {
             })?;
             Ok(Arc::new(store))
         }
+        "s3" => s3_store(kmover_blob::s3::S3Config::from_kopia_json(&storage.config)?),
         other => bail!("storage type {other:?} is not supported yet"),
     }
 }
@@ -118,5 +119,77 @@ pub fn new_filesystem_config(
     let cache = cache_directory(global, &config_path);
     let cfg =
         LocalConfig::new_filesystem(path, &cache, &identity::hostname(), &identity::username());
+    (config_path, cfg)
+}
+
+/// kopia's S3 flags as the storage config kopia saves in its connection file.
+pub fn s3_config_from_args(args: &crate::cli::S3Args) -> anyhow::Result<kmover_blob::s3::S3Config> {
+    let mut config = kmover_blob::s3::S3Config::new(&args.bucket, &args.endpoint);
+    config.prefix = args.prefix.clone();
+    config.region = args.region.clone();
+    config.disable_tls = args.disable_tls;
+    config.disable_tls_verification = args.disable_tls_verification;
+    config.access_key_id = args.access_key.clone();
+    config.secret_access_key = args.secret_access_key.clone();
+    config.session_token = args.session_token.clone();
+    if let Some(path) = &args.root_ca_pem_path {
+        config.root_ca_pem = std::fs::read(path)
+            .with_context(|| format!("error opening root-ca-pem-path {}", path.display()))?;
+    } else if let Some(encoded) = &args.root_ca_pem_base64 {
+        config.root_ca_pem = kmover_blob::s3::decode_root_ca_base64(encoded)
+            .context("unable to decode CA (--root-ca-pem-base64)")?;
+    }
+    Ok(config)
+}
+
+/// An S3 store behind the retrying wrapper. `KMOVER_RETRY_MAX_TIME` (seconds, default 120)
+/// bounds the retries of one operation; `KMOVER_STORAGE_CONCURRENCY` (default 32) bounds the
+/// requests in flight.
+pub fn s3_store(config: kmover_blob::s3::S3Config) -> anyhow::Result<DynBlobStore> {
+    use kmover_blob::retry::{RetryPolicy, RetryingStore};
+    let mut policy = RetryPolicy::default();
+    if let Ok(text) = std::env::var("KMOVER_RETRY_MAX_TIME") {
+        let seconds: f64 = text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+            .with_context(|| {
+                format!("KMOVER_RETRY_MAX_TIME={text:?} is not a number of seconds")
+            })?;
+        policy.max_elapsed = std::time::Duration::from_secs_f64(seconds);
+    }
+    if let Ok(text) = std::env::var("KMOVER_STORAGE_CONCURRENCY") {
+        policy.max_concurrency = text
+            .trim()
+            .parse()
+            .ok()
+            .filter(|n: &usize| *n > 0)
+            .with_context(|| {
+                format!("KMOVER_STORAGE_CONCURRENCY={text:?} is not a positive number")
+            })?;
+    }
+    let store = kmover_blob::s3::S3Store::new(config)?;
+    Ok(Arc::new(RetryingStore::new(Arc::new(store), policy)))
+}
+
+/// A connection file for an S3 repository, as kopia writes it.
+pub fn new_s3_config(
+    global: &GlobalArgs,
+    s3: &kmover_blob::s3::S3Config,
+) -> (PathBuf, LocalConfig) {
+    let config_path = config_path(global);
+    let cache = cache_directory(global, &config_path);
+    let mut cfg = LocalConfig::new_filesystem(
+        std::path::Path::new(""),
+        &cache,
+        &identity::hostname(),
+        &identity::username(),
+    );
+    cfg.storage = Some(kmover_repo::local_config::ConnectionInfo {
+        kind: "s3".into(),
+        config: s3.to_kopia_json(),
+    });
+    cfg.description = format!("Repository in S3: {} {}", s3.endpoint, s3.bucket);
     (config_path, cfg)
 }

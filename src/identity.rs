@@ -1,12 +1,14 @@
 //! The client identity kopia records (user@host), taken from the system as kopia does.
 
+/// kopia's default: the OS hostname, lowercased, up to the first `.`.
 pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
+        .unwrap_or_else(|| "localhost".into());
+    raw.split('.').next().unwrap_or_default().to_lowercase()
 }
 
 /// The account name of the effective user (from /etc/passwd), falling back to $USER.

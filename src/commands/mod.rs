@@ -3,7 +3,9 @@
 mod blob;
 mod content;
 mod index;
+mod policy;
 mod repository;
+mod snapshot;
 
 use crate::cli::{Cli, Command};
 
@@ -14,5 +16,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Content(cmd) => content::run(global, cmd).await,
         Command::Index(cmd) => index::run(global, cmd).await,
         Command::Blob(cmd) => blob::run(global, cmd).await,
+        Command::Snapshot(cmd) => snapshot::run(global, cmd).await,
+        Command::Restore(args) => snapshot::restore(global, args).await,
+        Command::Ls { path, long } => snapshot::ls(global, &path, long).await,
+        Command::Show { path } => snapshot::show(global, &path).await,
+        Command::Policy(cmd) => policy::run(global, cmd).await,
     }
 }

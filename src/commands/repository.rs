@@ -41,6 +41,10 @@ pub async fn run(global: &GlobalArgs, cmd: RepositoryCommand) -> anyhow::Result<
             };
             let store: DynBlobStore = Arc::new(FilesystemStore::create(&path, mode).await?);
             Repository::create(store.clone(), &opts, &password).await?;
+            let (_, cfg) = connection::new_filesystem_config(global, &path);
+            let repo = Repository::open(store.clone(), &password, open_options(&cfg)).await?;
+            let owner = format!("{}@{}", cfg.username, cfg.hostname);
+            kmover_snapshot::repository_setup::initialize_manifests(&repo, &owner).await?;
             eprintln!("Initialized repository at {}", path.display());
             connect(global, &path, store, &password).await
         }
@@ -49,6 +53,33 @@ pub async fn run(global: &GlobalArgs, cmd: RepositoryCommand) -> anyhow::Result<
             let password = connection::required_password(global)?;
             let store: DynBlobStore = Arc::new(FilesystemStore::open(&path).await?);
             connect(global, &path, store, &password).await
+        }
+        RepositoryCommand::Create(StorageCreate::S3 { storage, format }) => {
+            let opts = create_options(&format)?;
+            let password = connection::required_password(global)?;
+            let s3 = connection::s3_config_from_args(&storage)?;
+            let store = connection::s3_store(s3.clone())?;
+            // kopia's rule: only an empty bucket prefix may receive a new repository.
+            if !store.list("").await?.is_empty() {
+                anyhow::bail!(
+                    "found existing data in storage location {}: refusing to create a repository there",
+                    store.describe()
+                );
+            }
+            Repository::create(store.clone(), &opts, &password).await?;
+            let (config_path, cfg) = connection::new_s3_config(global, &s3);
+            let repo = Repository::open(store.clone(), &password, open_options(&cfg)).await?;
+            let owner = format!("{}@{}", cfg.username, cfg.hostname);
+            kmover_snapshot::repository_setup::initialize_manifests(&repo, &owner).await?;
+            eprintln!("Initialized repository at {}", store.describe());
+            save_connection(&config_path, cfg, store, &password).await
+        }
+        RepositoryCommand::Connect(StorageConnect::S3 { storage }) => {
+            let password = connection::required_password(global)?;
+            let s3 = connection::s3_config_from_args(&storage)?;
+            let store = connection::s3_store(s3.clone())?;
+            let (config_path, cfg) = connection::new_s3_config(global, &s3);
+            save_connection(&config_path, cfg, store, &password).await
         }
         RepositoryCommand::Disconnect => {
             let config_path = connection::config_path(global);
@@ -85,16 +116,34 @@ async fn connect(
     password: &str,
 ) -> anyhow::Result<()> {
     let (config_path, cfg) = connection::new_filesystem_config(global, path);
+    save_connection(&config_path, cfg, store, password).await
+}
+
+/// Opens the repository once to check the password, then writes the connection file.
+async fn save_connection(
+    config_path: &std::path::Path,
+    cfg: LocalConfig,
+    store: DynBlobStore,
+    password: &str,
+) -> anyhow::Result<()> {
     let opts = OpenOptions {
         username: cfg.username.clone(),
         hostname: cfg.hostname.clone(),
         ..Default::default()
     };
     Repository::open(store, password, opts).await?;
-    cfg.save(&config_path)?;
-    local_config::save_password(&config_path, password)?;
+    cfg.save(config_path)?;
+    local_config::save_password(config_path, password)?;
     eprintln!("Connected to repository.");
     Ok(())
+}
+
+fn open_options(cfg: &LocalConfig) -> OpenOptions {
+    OpenOptions {
+        username: cfg.username.clone(),
+        hostname: cfg.hostname.clone(),
+        ..Default::default()
+    }
 }
 
 async fn status(global: &GlobalArgs, json: bool) -> anyhow::Result<()> {
@@ -124,7 +173,11 @@ async fn status(global: &GlobalArgs, json: bool) -> anyhow::Result<()> {
             "configFile": c.config_path.to_string_lossy(),
             "uniqueIDHex": unique_id,
             "clientOptions": client_options(&c.config),
-            "storage": c.config.storage,
+            // Secrets are starred out, as kopia shows them.
+            "storage": c.config.storage.as_ref().map(|s| json!({
+                "type": s.kind,
+                "config": kmover_blob::s3::redact_kopia_json(&s.config),
+            })),
             "contentFormat": content_format,
             "objectFormat": {"splitter": cfg.splitter},
             "blobRetention": blob_retention(crypto),

@@ -20,6 +20,9 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod minio;
+pub mod tree;
+
 /// Password of every repository the tests create.
 pub const PASSWORD: &str = "kmover-test-password";
 

@@ -20,6 +20,8 @@ pub mod conformance;
 pub mod fault;
 pub mod fs;
 pub mod memory;
+pub mod retry;
+pub mod s3;
 
 /// What a listing or metadata call reports of one blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +56,17 @@ pub enum BlobError {
     /// The ID cannot be stored by this backend (empty, or a `/`, NUL or `.`/`..` path segment).
     #[error("blob ID {id:?} is not valid: {reason}")]
     InvalidId { id: String, reason: &'static str },
+    /// A remote store (S3) failed to do `op`. `transient` failures (5xx, throttling, timeouts,
+    /// broken connections, short bodies) may succeed when tried again.
+    #[error("{op} {id:?} at {endpoint}: {message}")]
+    Remote {
+        op: &'static str,
+        id: String,
+        endpoint: String,
+        status: Option<u16>,
+        transient: bool,
+        message: String,
+    },
     /// The filesystem store's `.shards` file exists but cannot be understood.
     #[error("sharding parameters in {path} are not valid: {reason}")]
     InvalidShards { path: String, reason: String },
@@ -62,6 +75,17 @@ pub enum BlobError {
 impl BlobError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, BlobError::NotFound(_))
+    }
+
+    /// Whether trying the same operation again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            BlobError::Remote {
+                transient: true,
+                ..
+            }
+        )
     }
 }
 

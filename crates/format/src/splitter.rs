@@ -817,40 +817,14 @@ mod tests {
     fn boundaries_do_not_depend_on_piece_sizes() {
         let vectors = Vectors::load();
         let mut rng = SplitMix64(7);
-        // Every name on the small inputs and on the mixed one; the splitters with the most cuts on
-        // all inputs (the full matrix is slow in debug builds and exercises the same code).
-        let everywhere = [
-            DEFAULT_SPLITTER,
-            "DYNAMIC-128K-BUZHASH",
-            "DYNAMIC-128K-RABINKARP",
-        ];
-        let everyone = ["empty", "one-byte", "random-100000", "zeros-random-zeros"];
-        let selected = vectors
-            .records("split")
-            .filter(|r| everywhere.contains(&r[0]) || everyone.contains(&r[1]));
-        let mut checked = 0;
-        for record in selected {
-            checked += 1;
+        for record in vectors.records("split") {
             let mut splitter = new_splitter(record[0]).unwrap();
+            let data = &vectors.inputs[record[1]];
             let got =
-                chunk_lengths_in_pieces(splitter.as_mut(), &vectors.inputs[record[1]], || {
-                    random_piece_len(&mut rng)
-                });
-            assert_eq!(
-                got,
-                parse_lengths(&record[2..]),
-                "{} on {}",
-                record[0],
-                record[1]
-            );
+                chunk_lengths_in_pieces(splitter.as_mut(), data, || random_piece_len(&mut rng));
+            let context = format!("{} on {}", record[0], record[1]);
+            assert_eq!(got, parse_lengths(&record[2..]), "{context}");
         }
-        let inputs = vectors
-            .records("split")
-            .filter(|r| r[0] == DEFAULT_SPLITTER)
-            .count();
-        let expected =
-            ALL_SPLITTERS.len() * everyone.len() + everywhere.len() * (inputs - everyone.len());
-        assert_eq!(checked, expected);
     }
 
     #[test]

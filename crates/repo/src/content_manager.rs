@@ -392,6 +392,49 @@ impl ContentManager {
         Ok(())
     }
 
+    /// Marks a content deleted: a new index entry copying the old one, newer than it. The data
+    /// stays in its pack until maintenance rewrites or removes that pack.
+    pub async fn delete_content(&self, id: &ContentId) -> Result<()> {
+        let mut w = self.writer.lock().await;
+        let current = match w.written.get(id) {
+            Some(e) => Some(e.clone()),
+            None => self
+                .committed
+                .read()
+                .expect("index lock poisoned")
+                .lookup_including_deleted(id),
+        };
+        let Some(current) = current.filter(|e| !e.deleted) else {
+            return Ok(());
+        };
+        if w.pending
+            .iter()
+            .flatten()
+            .any(|p| p.blob_id == current.pack_blob_id)
+            || w.uploading.contains_key(&current.pack_blob_id)
+        {
+            // Its pack is not stored yet: drop the content from that pack's future index instead.
+            for p in w.pending.iter_mut().flatten() {
+                p.entries.retain(|e| e.content_id != *id);
+            }
+            for (_, entries) in w.uploading.values_mut() {
+                entries.retain(|e| e.content_id != *id);
+            }
+            w.written.remove(id);
+            return Ok(());
+        }
+        let now = (self.clock)().timestamp();
+        let tombstone = IndexEntry {
+            deleted: true,
+            timestamp_seconds: now.max(current.timestamp_seconds + 1),
+            ..current
+        };
+        w.stored.retain(|e| e.content_id != *id);
+        w.stored.push(tombstone.clone());
+        w.written.insert(*id, tombstone);
+        Ok(())
+    }
+
     /// The winning index entry of `id`, deleted or not, including unflushed writes.
     pub async fn content_info(&self, id: &ContentId) -> Option<IndexEntry> {
         if let Some(e) = self.writer.lock().await.written.get(id) {

@@ -22,6 +22,7 @@ pub mod crypto;
 pub mod error;
 pub mod index_blobs;
 pub mod local_config;
+pub mod manifest;
 pub mod object;
 pub mod repository;
 

@@ -9,6 +9,7 @@ use crate::committed_index::CommittedIndex;
 use crate::content_manager::ContentManager;
 use crate::crypto::{FormatOptions, RepoCrypto};
 use crate::error::Result;
+use crate::manifest::ManifestManager;
 
 /// The time source; tests substitute a fake clock shared with kopia.
 pub type Clock = Arc<dyn Fn() -> DateTime<Utc> + Send + Sync>;
@@ -40,6 +41,8 @@ impl Default for OpenOptions {
 pub struct Repository {
     store: DynBlobStore,
     contents: Arc<ContentManager>,
+    manifests: ManifestManager,
+    clock: Clock,
 }
 
 impl Repository {
@@ -57,15 +60,40 @@ impl Repository {
             store.clone(),
             crypto,
             committed,
-            opts.clock,
+            opts.clock.clone(),
             opts.username,
             opts.hostname,
         ));
-        Ok(Repository { store, contents })
+        let manifests = ManifestManager::new(contents.clone(), opts.clock.clone());
+        Ok(Repository {
+            store,
+            contents,
+            manifests,
+            clock: opts.clock,
+        })
     }
 
     pub fn contents(&self) -> &Arc<ContentManager> {
         &self.contents
+    }
+
+    pub fn manifests(&self) -> &ManifestManager {
+        &self.manifests
+    }
+
+    pub fn now(&self) -> DateTime<Utc> {
+        (self.clock)()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Makes everything written so far durable: manifests first (into a pack), then packs, then the
+    /// index — so no manifest becomes visible before the contents it names.
+    pub async fn flush(&self) -> Result<()> {
+        self.manifests.flush().await?;
+        self.contents.flush().await
     }
 
     pub fn crypto(&self) -> &RepoCrypto {

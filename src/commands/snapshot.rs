@@ -1,0 +1,451 @@
+//! `snapshot create|list|restore|delete|verify`, `restore`, `ls` and `show`.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kmover_format::object::ObjectId;
+use kmover_format::snapshot::directory::{DirEntry, EntryType, mode};
+use kmover_format::snapshot::manifest::{SnapshotManifest, SourceInfo, encode_snapshot_manifest};
+use kmover_repo::Repository;
+use kmover_repo::object::{open_object, read_chunk};
+use kmover_snapshot::backup::{BackupOptions, BackupProgress, backup};
+use kmover_snapshot::restore::{RestoreOptions, restore as restore_entry};
+use kmover_snapshot::verify::Verifier;
+use kmover_snapshot::{policy, snapshots, tree};
+
+use crate::cli::{GlobalArgs, RestoreArgs, SnapshotCommand, SnapshotCreateArgs, SnapshotListArgs};
+use crate::connection::{self, Connected};
+
+/// How often progress lines are printed when stderr is not a terminal.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
+pub async fn run(global: &GlobalArgs, cmd: SnapshotCommand) -> anyhow::Result<()> {
+    match cmd {
+        SnapshotCommand::Create(args) => create(global, args).await,
+        SnapshotCommand::List(args) => list(global, args).await,
+        SnapshotCommand::Restore(args) => restore(global, args).await,
+        SnapshotCommand::Delete { ids, delete } => {
+            if !delete {
+                bail!(
+                    "this would delete {} snapshot(s); pass --delete to confirm",
+                    ids.len()
+                );
+            }
+            let c = connection::open_connected(global).await?;
+            for id in &ids {
+                snapshots::delete_snapshot(&c.repo, id).await?;
+                eprintln!("Deleted snapshot {id}");
+            }
+            c.repo.flush().await?;
+            Ok(())
+        }
+        SnapshotCommand::Verify {
+            ids,
+            verify_files_percent,
+        } => verify(global, ids, verify_files_percent).await,
+    }
+}
+
+/// Lexically cleaned absolute path, as Go's `filepath.Clean(filepath.Abs(p))` (no symlinks resolved).
+fn clean_absolute(p: &Path) -> PathBuf {
+    let abs = connection::absolute(p.to_path_buf());
+    let mut out = PathBuf::from("/");
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::Normal(n) => out.push(n),
+            _ => {}
+        }
+    }
+    out
+}
+
+fn parse_source(s: &str) -> anyhow::Result<SourceInfo> {
+    let (user_host, path) = s.split_once(':').map_or((s, ""), |(a, b)| (a, b));
+    let (user, host) = user_host
+        .split_once('@')
+        .context(format!("invalid source {s:?}: expected user@host[:/path]"))?;
+    Ok(SourceInfo {
+        host: host.into(),
+        user_name: user.into(),
+        path: path.into(),
+    })
+}
+
+fn local_source(c: &Connected, path: &Path) -> SourceInfo {
+    SourceInfo {
+        host: c.config.hostname.clone(),
+        user_name: c.config.username.clone(),
+        path: clean_absolute(path).to_string_lossy().into_owned(),
+    }
+}
+
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1000.0 && unit + 1 < UNITS.len() {
+        v /= 1000.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+async fn create(global: &GlobalArgs, args: SnapshotCreateArgs) -> anyhow::Result<()> {
+    let c = connection::open_connected(global).await?;
+    let mut tags = BTreeMap::new();
+    for t in &args.tags {
+        let (k, v) = t
+            .split_once(':')
+            .with_context(|| format!("invalid tag {t:?}: expected key:value"))?;
+        tags.insert(k.to_string(), v.to_string());
+    }
+    let mut failures = 0i64;
+    for path in &args.sources {
+        let source = match &args.override_source {
+            Some(s) => parse_source(s)?,
+            None => local_source(&c, path),
+        };
+        let (policy, _) = policy::effective_policy_for(&c.repo, &source).await?;
+        let opts = BackupOptions {
+            source: source.clone(),
+            parallel: args.parallel,
+            description: args.description.clone(),
+            tags: tags.clone(),
+            pins: args.pin.clone(),
+        };
+        eprintln!("Snapshotting {source} ...");
+        let progress = Arc::new(BackupProgress::default());
+        let ticker = spawn_progress(progress.clone());
+        let result = backup(&c.repo, path, &opts, &policy, progress.clone()).await;
+        ticker.abort();
+        let outcome = result.with_context(|| format!("snapshot of {} failed", path.display()))?;
+        let m = &outcome.manifest;
+        let root = m.root_entry.as_ref().expect("backup sets the root entry");
+        eprintln!(
+            "Created snapshot with root {} and ID {} in {}s",
+            root.object_id,
+            outcome.manifest_id,
+            (m.end_time.unix_secs() - m.start_time.unix_secs()).max(0)
+        );
+        if args.json {
+            println!("{}", String::from_utf8_lossy(&encode_snapshot_manifest(m)));
+        }
+        if outcome.fatal_errors > 0 {
+            eprintln!(
+                "Found {} fatal error(s) while snapshotting {}.",
+                outcome.fatal_errors,
+                path.display()
+            );
+            failures += outcome.fatal_errors;
+        }
+    }
+    if failures > 0 {
+        bail!("encountered {failures} fatal error(s)");
+    }
+    Ok(())
+}
+
+/// Newline-terminated progress lines: VolSync and CI logs read them line by line.
+fn spawn_progress(p: Arc<BackupProgress>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            eprintln!(
+                " * {} hashed ({} files), {} cached ({} files), {} dirs, {} errors",
+                human_bytes(p.hashed_bytes.load(Ordering::Relaxed)),
+                p.hashed_files.load(Ordering::Relaxed),
+                human_bytes(p.cached_bytes.load(Ordering::Relaxed)),
+                p.cached_files.load(Ordering::Relaxed),
+                p.dirs.load(Ordering::Relaxed),
+                p.errors.load(Ordering::Relaxed),
+            );
+        }
+    })
+}
+
+/// kopia's `snapshot list --json` item: the manifest with its ID filled in.
+fn manifest_json(m: &SnapshotManifest) -> String {
+    String::from_utf8_lossy(&encode_snapshot_manifest(m)).into_owned()
+}
+
+async fn list(global: &GlobalArgs, args: SnapshotListArgs) -> anyhow::Result<()> {
+    let c = connection::open_connected(global).await?;
+    let filter = match &args.source {
+        Some(s) if s.contains('@') => Some(parse_source(s)?),
+        Some(p) => Some(local_source(&c, Path::new(p))),
+        None => None,
+    };
+    let mut all = snapshots::list_snapshots(&c.repo, filter.as_ref()).await?;
+    if filter.is_none() && !args.all {
+        all.retain(|(_, m)| {
+            m.source.host == c.config.hostname && m.source.user_name == c.config.username
+        });
+    }
+    if !args.incomplete {
+        all.retain(|(_, m)| m.incomplete.is_empty());
+    }
+    all.sort_by(|a, b| {
+        (
+            &a.1.source.host,
+            &a.1.source.user_name,
+            &a.1.source.path,
+            a.1.start_time,
+        )
+            .cmp(&(
+                &b.1.source.host,
+                &b.1.source.user_name,
+                &b.1.source.path,
+                b.1.start_time,
+            ))
+    });
+    if args.json {
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        write!(out, "[")?;
+        for (i, (_, m)) in all.iter().enumerate() {
+            write!(
+                out,
+                "{}{}",
+                if i == 0 { "\n " } else { ",\n " },
+                manifest_json(m)
+            )?;
+        }
+        write!(out, "\n]")?;
+        return Ok(());
+    }
+    let mut last_source = None;
+    for (id, m) in &all {
+        if last_source.as_ref() != Some(&m.source) {
+            println!("{}", m.source);
+            last_source = Some(m.source.clone());
+        }
+        let root = m.root_entry.clone().unwrap_or_default();
+        let summary = root.summary.clone().unwrap_or_default();
+        let start =
+            chrono::DateTime::from_timestamp(m.start_time.unix_secs(), m.start_time.subsec_nanos())
+                .unwrap_or_default();
+        let mut line = format!(
+            "  {} {} {} files:{} dirs:{}",
+            crate::output::human_time(&start),
+            root.object_id,
+            human_bytes(summary.size.max(0) as u64),
+            summary.files,
+            summary.dirs
+        );
+        if args.manifest_id {
+            line = format!("{line} manifest:{id}");
+        }
+        if !m.incomplete.is_empty() {
+            line = format!("{line} incomplete:{}", m.incomplete);
+        }
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Resolves `ID[/path]`, an object ID, or a source path to the entry it names.
+async fn resolve_entry(c: &Connected, spec: &str, snapshot_time: &str) -> anyhow::Result<DirEntry> {
+    let (head, rest) = spec.split_once('/').map_or((spec, ""), |(h, r)| (h, r));
+    if head.len() == 32
+        && head.bytes().all(|b| b.is_ascii_hexdigit())
+        && let Ok(m) = snapshots::load_snapshot(&c.repo, head).await
+    {
+        let root = m.root_entry.context("snapshot has no root entry")?;
+        return Ok(tree::resolve(c.repo.contents(), &root, rest).await?);
+    }
+    if let Ok(oid) = ObjectId::parse(head)
+        && !oid.is_empty()
+        && !spec.starts_with('/')
+    {
+        let kind = if oid.is_directory() {
+            EntryType::Directory
+        } else {
+            EntryType::File
+        };
+        let root = DirEntry {
+            name: head.as_bytes().to_vec(),
+            entry_type: kind,
+            object_id: oid,
+            mode: 0o755,
+            ..Default::default()
+        };
+        return Ok(tree::resolve(c.repo.contents(), &root, rest).await?);
+    }
+    // A source path: its latest snapshot (at or before --snapshot-time), then the remaining path.
+    let abs = clean_absolute(Path::new(spec));
+    let mut candidate = abs.clone();
+    loop {
+        let source = local_source(c, &candidate);
+        let mut found = snapshots::list_snapshots(&c.repo, Some(&source)).await?;
+        found.retain(|(_, m)| m.incomplete.is_empty());
+        if snapshot_time != "latest" {
+            let limit = chrono::DateTime::parse_from_rfc3339(snapshot_time).with_context(|| {
+                format!("invalid --snapshot-time {snapshot_time:?}: use RFC 3339 or \"latest\"")
+            })?;
+            found.retain(|(_, m)| m.start_time.unix_secs() <= limit.timestamp());
+        }
+        if let Some((_, m)) = found.last() {
+            let root = m.root_entry.clone().context("snapshot has no root entry")?;
+            let sub = abs.strip_prefix(&candidate).unwrap_or(Path::new(""));
+            return Ok(tree::resolve(c.repo.contents(), &root, &sub.to_string_lossy()).await?);
+        }
+        if !candidate.pop() {
+            bail!("no snapshot found for {spec:?}");
+        }
+    }
+}
+
+pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<()> {
+    let c = connection::open_connected(global).await?;
+    let entry = resolve_entry(&c, &args.source, &args.snapshot_time).await?;
+    let opts = RestoreOptions {
+        overwrite_files: args.overwrite_files,
+        overwrite_directories: args.overwrite_directories,
+        overwrite_symlinks: args.overwrite_symlinks,
+        skip_owners: args.skip_owners,
+        skip_permissions: args.skip_permissions,
+        skip_times: args.skip_times,
+        ignore_permission_errors: args.ignore_permission_errors,
+        write_sparse_files: args.write_sparse_files,
+        ignore_errors: args.ignore_errors,
+        write_files_atomically: args.write_files_atomically,
+        parallel: args.parallel.max(1),
+        incremental: args.skip_existing,
+    };
+    let target = connection::absolute(args.target.clone());
+    eprintln!("Restoring to local filesystem ({}) ...", target.display());
+    let stats = restore_entry(c.repo.contents().clone(), &entry, &target, &opts, None).await?;
+    eprintln!(
+        "Restored {} files, {} directories and {} symbolic links ({}).",
+        stats.restored_files,
+        stats.restored_dirs,
+        stats.restored_symlinks,
+        human_bytes(stats.restored_bytes)
+    );
+    if !stats.errors.is_empty() {
+        for e in &stats.errors {
+            eprintln!("ERROR {e}");
+        }
+        if !args.ignore_errors {
+            bail!("restore encountered {} error(s)", stats.errors.len());
+        }
+    }
+    Ok(())
+}
+
+async fn verify(global: &GlobalArgs, ids: Vec<String>, percent: f64) -> anyhow::Result<()> {
+    let c = connection::open_connected(global).await?;
+    let targets: Vec<(String, SnapshotManifest)> = if ids.is_empty() {
+        snapshots::list_snapshots(&c.repo, None).await?
+    } else {
+        let mut v = Vec::new();
+        for id in ids {
+            let m = snapshots::load_snapshot(&c.repo, &id).await?;
+            v.push((id, m));
+        }
+        v
+    };
+    let mut verifier = Verifier::new(c.repo.contents(), percent);
+    for (id, m) in &targets {
+        if let Some(root) = &m.root_entry {
+            verifier
+                .verify_entry(root, &format!("{id}:{}", m.source.path))
+                .await?;
+        }
+    }
+    let s = &verifier.stats;
+    for e in &s.errors {
+        eprintln!("ERROR {e}");
+    }
+    eprintln!(
+        "Verified {} snapshots: {} directories, {} files ({} read fully, {}), {} errors.",
+        targets.len(),
+        s.dirs,
+        s.files,
+        s.files_read,
+        human_bytes(s.bytes_read),
+        s.errors.len()
+    );
+    if !s.errors.is_empty() {
+        bail!("snapshot verification found {} error(s)", s.errors.len());
+    }
+    Ok(())
+}
+
+fn mode_string(e: &DirEntry) -> String {
+    let kind = match e.entry_type {
+        EntryType::Directory => 'd',
+        EntryType::Symlink => 'l',
+        _ => '-',
+    };
+    let perm = mode::to_unix(e.mode) & 0o777;
+    let bits: String = (0..9)
+        .map(|i| {
+            if perm & (1 << (8 - i)) != 0 {
+                ['r', 'w', 'x'][i % 3]
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{kind}{bits}")
+}
+
+pub async fn ls(global: &GlobalArgs, spec: &str, long: bool) -> anyhow::Result<()> {
+    let c = connection::open_connected(global).await?;
+    let dir = resolve_entry(&c, spec, "latest").await?;
+    let listing = tree::read_dir(c.repo.contents(), &dir).await?;
+    for e in &listing.entries {
+        let name = String::from_utf8_lossy(&e.name);
+        let suffix = if e.entry_type == EntryType::Directory {
+            "/"
+        } else {
+            ""
+        };
+        if long {
+            let t = chrono::DateTime::from_timestamp(e.mtime.unix_secs(), e.mtime.subsec_nanos())
+                .unwrap_or_default();
+            let size = e.summary.as_ref().map_or(e.size, |s| s.size);
+            println!(
+                "{} {:>12} {} {:<34} {name}{suffix}",
+                mode_string(e),
+                size,
+                crate::output::human_time(&t),
+                e.object_id.to_string()
+            );
+        } else {
+            println!("{name}{suffix}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn show(global: &GlobalArgs, spec: &str) -> anyhow::Result<()> {
+    let c = connection::open_connected(global).await?;
+    let entry = resolve_entry(&c, spec, "latest").await?;
+    write_object_to_stdout(&c.repo, &entry.object_id).await
+}
+
+async fn write_object_to_stdout(repo: &Repository, id: &ObjectId) -> anyhow::Result<()> {
+    let layout = open_object(repo.contents(), id).await?;
+    let mut out = std::io::stdout().lock();
+    for chunk in &layout.chunks {
+        out.write_all(&read_chunk(repo.contents(), chunk).await?)?;
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,230 @@
+//! A throwaway MinIO server for the S3 tests: 127.0.0.1 on a free port, a temporary data
+//! directory, known root credentials; killed when dropped.
+//!
+//! Self-contained (it is also compiled into kmover-blob's tests through `#[path]`). A missing
+//! MinIO binary skips the test loudly, or fails it when `CI=true`.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kmover_blob::s3::S3Config;
+use tempfile::TempDir;
+
+pub const ROOT_USER: &str = "kmover-minio-admin";
+pub const ROOT_PASSWORD: &str = "kmover-minio-root-secret-5e1f0c";
+/// Keep in step with MINIO_VERSION in scripts/install-tools.sh.
+pub const MINIO_VERSION: &str = "v0.0.0-20260212201848-7aac2a2c5b7c";
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Minio {
+    child: Child,
+    port: u16,
+    /// Holds the data directory, MinIO's home and its log.
+    dir: TempDir,
+}
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("KMOVER_TOOLS_DIR") {
+        return PathBuf::from(dir);
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    Path::new(&home).join(".cache").join("kmover-tools")
+}
+
+/// `$KMOVER_MINIO`, else the pinned build in the tools cache.
+pub fn locate_minio() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("KMOVER_MINIO") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!("$KMOVER_MINIO={} is not a file", path.display()))
+        };
+    }
+    let path = tools_dir()
+        .join(format!("minio-{MINIO_VERSION}"))
+        .join("minio");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("MinIO not found at {}", path.display()))
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("cannot find a free port")
+        .port()
+}
+
+impl Minio {
+    /// Starts MinIO, or returns `None` after a loud skip message (a panic under CI).
+    #[track_caller]
+    pub fn start(test: &str) -> Option<Minio> {
+        let binary = match locate_minio() {
+            Ok(binary) => binary,
+            Err(reason) => {
+                let banner = "!".repeat(78);
+                let message = format!(
+                    "{banner}\n!! SKIPPING {test}: {reason}\n!! Run scripts/install-tools.sh minio (or scripts/test.sh) to install it.\n{banner}"
+                );
+                if in_ci() {
+                    panic!("{message}\n(CI=true: a missing MinIO fails the test)");
+                }
+                let _ = writeln!(std::io::stderr().lock(), "{message}");
+                return None;
+            }
+        };
+        // The port is free when probed but may be taken before MinIO binds it: try again.
+        let mut last_error = String::new();
+        for _ in 0..3 {
+            match Minio::spawn(&binary) {
+                Ok(minio) => return Some(minio),
+                Err(e) => last_error = e,
+            }
+        }
+        panic!("MinIO did not start: {last_error}");
+    }
+
+    fn spawn(binary: &Path) -> Result<Minio, String> {
+        let dir = tempfile::Builder::new()
+            .prefix("kmover-minio-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let data = dir.path().join("data");
+        std::fs::create_dir(&data).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.path().join("minio.log")).map_err(|e| e.to_string())?;
+        let port = free_port();
+        let console_port = free_port();
+        let child = Command::new(binary)
+            .arg("server")
+            .arg(&data)
+            .args(["--address", &format!("127.0.0.1:{port}")])
+            .args(["--console-address", &format!("127.0.0.1:{console_port}")])
+            .arg("--quiet")
+            .env("HOME", dir.path())
+            .env("MINIO_ROOT_USER", ROOT_USER)
+            .env("MINIO_ROOT_PASSWORD", ROOT_PASSWORD)
+            .env("MINIO_BROWSER", "off")
+            .env("MINIO_UPDATE", "off")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().map_err(|e| e.to_string())?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+        let mut minio = Minio { child, port, dir };
+        minio.wait_until_ready()?;
+        Ok(minio)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("minio.log")).unwrap_or_default()
+    }
+
+    fn wait_until_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("MinIO exited with {status}:\n{}", self.log()));
+            }
+            if health_status(self.port) == Some(200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "MinIO was not ready within {STARTUP_TIMEOUT:?}:\n{}",
+                    self.log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `127.0.0.1:PORT`, as kopia's `--endpoint` takes it.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// A plain-HTTP config with the root credentials.
+    pub fn s3_config(&self, bucket: &str, prefix: &str) -> S3Config {
+        let mut config = S3Config::new(bucket, self.endpoint());
+        config.prefix = prefix.into();
+        config.disable_tls = true;
+        config.access_key_id = ROOT_USER.into();
+        config.secret_access_key = ROOT_PASSWORD.into();
+        config
+    }
+
+    /// Creates `bucket` through the S3 API; usable from async and plain tests alike.
+    pub fn create_bucket(&self, bucket: &str) {
+        let config = self.s3_config(bucket, "");
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("cannot start a runtime");
+                    runtime.block_on(async {
+                        let store = kmover_blob::s3::S3Store::new(config).expect("S3 config");
+                        // "Ready" MinIO may still answer 503 (not initialized) for a moment.
+                        let deadline = Instant::now() + STARTUP_TIMEOUT;
+                        loop {
+                            match store.create_bucket().await {
+                                Ok(()) => break,
+                                Err(e) if e.is_transient() && Instant::now() < deadline => {
+                                    tokio::time::sleep(Duration::from_millis(100)).await;
+                                }
+                                Err(e) => panic!("cannot create bucket {bucket}: {e}"),
+                            }
+                        }
+                    });
+                })
+                .join()
+                .expect("bucket creation panicked");
+        });
+    }
+
+    /// The objects MinIO holds for `bucket`, as files under its data directory (`xl.meta`
+    /// directories in MinIO's single-drive layout).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+}
+
+impl Drop for Minio {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Status of `GET /minio/health/ready`, or `None` while nothing answers.
+fn health_status(port: u16) -> Option<u16> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .write_all(
+            format!("GET /minio/health/ready HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n")
+                .as_bytes(),
+        )
+        .ok()?;
+    let mut response = Vec::new();
+    let _ = stream.read_to_end(&mut response);
+    let text = String::from_utf8_lossy(&response);
+    text.split_whitespace().nth(1)?.parse().ok()
+}
