@@ -10,7 +10,7 @@
 #   kopia              every kopia build the tests use
 #   kopia-VERSION      one kopia release, e.g. kopia-0.22.3 or kopia-0.22.3-testing
 #   cargo-fuzz         the fuzzing driver
-#   minio              the S3 server (no test needs it yet)
+#   minio              the S3 server the S3 storage tests run against
 set -euo pipefail
 
 TOOLS_DIR="${KMOVER_TOOLS_DIR:-$HOME/.cache/kmover-tools}"
@@ -131,10 +131,13 @@ install_cargo_fuzz() {
     log "cargo-fuzz-$CARGO_FUZZ_VERSION: installed $dest"
 }
 
-# MinIO (S3-compatible server) for the S3 storage tests. Not needed by any
-# test yet, so it is only installed when asked for: `install-tools.sh minio`.
-# Built from source like kopia (MinIO publishes no tagged Go module versions,
-# so the pin is a pseudo-version); override with KMOVER_MINIO_VERSION.
+# MinIO (S3-compatible server) for the S3 storage tests (tests/common/minio.rs
+# finds it at $TOOLS_DIR/minio-$MINIO_VERSION/minio, or at $KMOVER_MINIO).
+# Built from source like kopia: `go install` would need the module's version
+# list, which the proxy refuses, and MinIO publishes no tagged Go module
+# versions, so the pin is a pseudo-version. Overriding it with
+# KMOVER_MINIO_VERSION also needs KMOVER_MINIO pointed at the result for the
+# tests. The build takes about 3 minutes on 2 cores.
 MINIO_VERSION="${KMOVER_MINIO_VERSION:-v0.0.0-20260212201848-7aac2a2c5b7c}"
 
 install_minio() {

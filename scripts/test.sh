@@ -7,10 +7,9 @@
 # outside the checkout, in ~/.cache/kmover-tools (override: KMOVER_TOOLS_DIR).
 #
 # Environment:
-#   CI=true                 a missing kopia fails the interop tests instead of skipping them
+#   CI=true                 a missing kopia or MinIO fails the interop tests instead of skipping them
 #   KMOVER_FUZZ_SECONDS=N   how long each fuzz target runs (default 20)
 #   KMOVER_SKIP_FUZZ=1      skip the fuzzing smoke run (for quick local runs)
-#   KMOVER_WITH_MINIO=1     also install MinIO (no test needs it yet)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -57,13 +56,11 @@ install_kopia() {
     "$ROOT/scripts/install-tools.sh" kopia
 }
 
-# MinIO serves the S3 storage tests once they exist; until then it is only
-# installed on request so the suite does not pay for a build nobody uses.
+# MinIO serves the S3 storage tests (crates/blob/tests/s3_minio.rs,
+# tests/interop_s3.rs).
 install_minio() {
-    if [[ "${KMOVER_WITH_MINIO:-}" == "1" ]]; then
-        step "Tools: MinIO"
-        "$ROOT/scripts/install-tools.sh" minio
-    fi
+    step "Tools: MinIO (built once, cached in $KMOVER_TOOLS_DIR)"
+    "$ROOT/scripts/install-tools.sh" minio
 }
 
 run_fmt() {

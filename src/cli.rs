@@ -229,6 +229,8 @@ pub enum SnapshotCommand {
         #[arg(long)]
         delete: bool,
     },
+    /// Remove old snapshots according to defined expiration policies.
+    Expire(crate::commands::snapshot_expire::ExpireArgs),
     /// Verify the contents of stored snapshots.
     Verify {
         /// Snapshot IDs (default: all).
@@ -259,6 +261,9 @@ pub struct SnapshotCreateArgs {
     /// Override the source of the snapshot (`user@host:/path`).
     #[arg(long)]
     pub override_source: Option<String>,
+    /// Interval between periodic checkpoints (at most 45m), e.g. `30s`, `10m`.
+    #[arg(long, hide = true, value_parser = parse_duration)]
+    pub checkpoint_interval: Option<std::time::Duration>,
     #[arg(long)]
     pub json: bool,
 }
@@ -634,5 +639,20 @@ impl std::fmt::Debug for S3Args {
             .field("disable_tls_verification", &self.disable_tls_verification)
             .field("root_ca_pem_path", &self.root_ca_pem_path)
             .finish_non_exhaustive()
+    }
+}
+
+/// Durations as Go writes them for these flags: `500ms`, `30s`, `10m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}"))?;
+    let secs = |k: u64| std::time::Duration::from_secs(n * k);
+    match unit {
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        "s" | "" => Ok(secs(1)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        _ => Err(format!("invalid duration {s:?}: use ms, s, m or h")),
     }
 }

@@ -6,6 +6,7 @@ mod commands;
 mod connection;
 mod identity;
 mod output;
+mod progress;
 
 use std::process::ExitCode;
 

@@ -21,9 +21,9 @@ pub fn print_json_list<T: Serialize>(items: impl IntoIterator<Item = T>) -> anyh
     Ok(())
 }
 
-/// Go's `time.Time` JSON form (RFC 3339 with trimmed nanoseconds).
+/// Go's `time.Time` JSON form (RFC 3339, fraction with trailing zeros trimmed).
 pub fn go_time(t: &DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::AutoSi, true)
+    kmover_format::gotime::format(t).unwrap_or_else(|_| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
 }
 
 /// kopia's `formatTimestamp`: `2006-01-02 15:04:05 MST`.

@@ -129,20 +129,27 @@ fn kmover_writes_an_s3_repository_that_kopia_verifies_and_restores() {
     ]);
     assert_same_tree(&tree, &restored, EXACT);
 
-    // Every blob sits at `prefix + ID`, and both tools list the same ones.
-    let mut by_kopia: Vec<String> = kopia
-        .blob_list_json()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
-    let mut by_kmover: Vec<String> = kmover
-        .blob_list_json()
-        .iter()
-        .map(|b| b["id"].as_str().unwrap().to_string())
-        .collect();
-    by_kopia.sort();
-    by_kmover.sort();
+    // Every blob sits at `prefix + ID`, and both tools list the same IDs, lengths and
+    // (millisecond) timestamps.
+    let listing = |tool: &dyn Fn() -> Vec<Value>| {
+        let mut blobs: Vec<(String, u64, chrono::DateTime<chrono::FixedOffset>)> = tool()
+            .iter()
+            .map(|b| {
+                (
+                    b["id"].as_str().unwrap().to_string(),
+                    b["length"].as_u64().unwrap(),
+                    // Parsed: kopia trims trailing zeros of the fraction, as Go does.
+                    chrono::DateTime::parse_from_rfc3339(b["timestamp"].as_str().unwrap()).unwrap(),
+                )
+            })
+            .collect();
+        blobs.sort();
+        blobs
+    };
+    let by_kopia = listing(&|| kopia.blob_list_json());
+    let by_kmover = listing(&|| kmover.blob_list_json());
     assert_eq!(by_kopia, by_kmover);
+    let by_kopia: Vec<String> = by_kopia.into_iter().map(|b| b.0).collect();
     assert!(by_kopia.contains(&"kopia.repository".to_string()));
     assert!(
         minio

@@ -285,3 +285,37 @@ fn one_changed_file_among_ten_thousand_is_the_only_one_read() {
     assert_eq!(second["stats"]["cachedFiles"], 9_999, "{}", second["stats"]);
     assert_ne!(first["rootEntry"]["obj"], second["rootEntry"]["obj"]);
 }
+
+/// Smoke form of the exchange with older and newer kopia releases: each verifies and restores the
+/// other's snapshot of the same small tree, and both agree on the root object ID.
+fn smoke_exchange(version: KopiaVersion, test: &str) {
+    let Some(kopia) = Kopia::find(version, test) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    hard_tree(&tree, false, 100);
+    let repo = dir.path().join("repo");
+    kopia.create_filesystem_repo(&repo, &[FAST_KDF]);
+    let kmover = Kmover::new();
+    kmover.connect_filesystem(&repo);
+    let ours = kmover_snapshot(&kmover, &tree);
+    kopia.run(["snapshot", "verify", "--verify-files-percent=100"]);
+    let by_kopia = dir.path().join("by-kopia");
+    kopia.run(["snapshot", "restore", ours["id"].as_str().unwrap(), by_kopia.to_str().unwrap()]);
+    assert_same_tree(&tree, &by_kopia, EXACT);
+    let theirs = kopia.snapshot_create(&tree);
+    assert_eq!(theirs["rootEntry"]["obj"], ours["rootEntry"]["obj"]);
+    let by_kmover = dir.path().join("by-kmover");
+    kmover.run(["snapshot", "restore", theirs["id"].as_str().unwrap(), by_kmover.to_str().unwrap()]);
+    assert_same_tree(&tree, &by_kmover, EXACT);
+    kmover.run(["snapshot", "verify", "--verify-files-percent=100"]);
+}
+
+#[test]
+fn smoke_snapshots_with_kopia_0_21() {
+    smoke_exchange(KopiaVersion::V0_21, "smoke_snapshots_with_kopia_0_21");
+}
+
+#[test]
+fn smoke_snapshots_with_kopia_0_23() {
+    smoke_exchange(KopiaVersion::V0_23, "smoke_snapshots_with_kopia_0_23");
+}

@@ -109,9 +109,9 @@ fn check_epoch_names(s: &str) {
 }
 
 fn check_listing(listing: &[&str]) {
+    // A blob may land in more than one set when its set's members disagree on the count, as in
+    // kopia; every member comes from the listing all the same.
     let sets = epoch::find_complete_sets(listing);
-    let members: usize = sets.iter().map(Vec::len).sum();
-    assert!(members <= listing.len());
     for set in &sets {
         assert!(!set.is_empty());
         assert!(set.iter().all(|id| listing.contains(id)));

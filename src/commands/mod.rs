@@ -6,6 +6,7 @@ mod index;
 mod policy;
 mod repository;
 mod snapshot;
+pub mod snapshot_expire;
 
 use crate::cli::{Cli, Command};
 

@@ -112,7 +112,7 @@ async fn policy_targets(
     host: &str,
     user: &str,
 ) -> anyhow::Result<Vec<SourceInfo>> {
-    if args.global == !args.targets.is_empty() {
+    if args.global != args.targets.is_empty() {
         bail!("must pass either '--global' or a list of path targets");
     }
     if args.global {
@@ -1588,14 +1588,16 @@ mod go {
             return None;
         }
         let lower = body.to_ascii_lowercase();
-        let (radix, digits) = if lower.len() >= 3 && lower.starts_with("0x") {
-            (16, &lower[2..])
-        } else if lower.len() >= 3 && lower.starts_with("0o") {
-            (8, &lower[2..])
-        } else if lower.len() >= 3 && lower.starts_with("0b") {
-            (2, &lower[2..])
-        } else if lower.starts_with('0') {
-            (8, &lower[1..])
+        // A two-letter prefix needs at least one character after it ("0x" alone is octal "x").
+        let prefixed = |p: &str| lower.strip_prefix(p).filter(|rest| !rest.is_empty());
+        let (radix, digits) = if let Some(rest) = prefixed("0x") {
+            (16, rest)
+        } else if let Some(rest) = prefixed("0o") {
+            (8, rest)
+        } else if let Some(rest) = prefixed("0b") {
+            (2, rest)
+        } else if let Some(rest) = lower.strip_prefix('0') {
+            (8, rest)
         } else {
             (10, lower.as_str())
         };

@@ -5,7 +5,6 @@ use std::io::Write;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
 use kmover_format::object::ObjectId;
@@ -20,9 +19,7 @@ use kmover_snapshot::{policy, snapshots, tree};
 
 use crate::cli::{GlobalArgs, RestoreArgs, SnapshotCommand, SnapshotCreateArgs, SnapshotListArgs};
 use crate::connection::{self, Connected};
-
-/// How often progress lines are printed when stderr is not a terminal.
-const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+use crate::progress::{Progress, human_bytes};
 
 pub async fn run(global: &GlobalArgs, cmd: SnapshotCommand) -> anyhow::Result<()> {
     match cmd {
@@ -44,6 +41,7 @@ pub async fn run(global: &GlobalArgs, cmd: SnapshotCommand) -> anyhow::Result<()
             c.repo.flush().await?;
             Ok(())
         }
+        SnapshotCommand::Expire(args) => crate::commands::snapshot_expire::run_expire(global, args).await,
         SnapshotCommand::Verify {
             ids,
             verify_files_percent,
@@ -87,20 +85,6 @@ fn local_source(c: &Connected, path: &Path) -> SourceInfo {
     }
 }
 
-fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KB", "MB", "GB", "TB", "PB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1000.0 && unit + 1 < UNITS.len() {
-        v /= 1000.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
 
 async fn create(global: &GlobalArgs, args: SnapshotCreateArgs) -> anyhow::Result<()> {
     let c = connection::open_connected(global).await?;
@@ -124,12 +108,13 @@ async fn create(global: &GlobalArgs, args: SnapshotCreateArgs) -> anyhow::Result
             description: args.description.clone(),
             tags: tags.clone(),
             pins: args.pin.clone(),
+            checkpoint_interval: args.checkpoint_interval,
         };
         eprintln!("Snapshotting {source} ...");
         let progress = Arc::new(BackupProgress::default());
-        let ticker = spawn_progress(progress.clone());
+        let shown = Progress::start(backup_status(progress.clone()));
         let result = backup(&c.repo, path, &opts, &policy, progress.clone()).await;
-        ticker.abort();
+        drop(shown);
         let outcome = result.with_context(|| format!("snapshot of {} failed", path.display()))?;
         let m = &outcome.manifest;
         let root = m.root_entry.as_ref().expect("backup sets the root entry");
@@ -142,6 +127,12 @@ async fn create(global: &GlobalArgs, args: SnapshotCreateArgs) -> anyhow::Result
         if args.json {
             println!("{}", String::from_utf8_lossy(&encode_snapshot_manifest(m)));
         }
+        // kopia applies the source's retention policy after every snapshot.
+        let zone = kmover_snapshot::retention::LocalZone::from_env();
+        kmover_snapshot::retention::expire(&c.repo, &source, true, &zone)
+            .await
+            .with_context(|| format!("error applying retention policy to {source}"))?;
+        c.repo.flush().await?;
         if outcome.fatal_errors > 0 {
             eprintln!(
                 "Found {} fatal error(s) while snapshotting {}.",
@@ -157,29 +148,31 @@ async fn create(global: &GlobalArgs, args: SnapshotCreateArgs) -> anyhow::Result
     Ok(())
 }
 
-/// Newline-terminated progress lines: VolSync and CI logs read them line by line.
-fn spawn_progress(p: Arc<BackupProgress>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(PROGRESS_INTERVAL);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            eprintln!(
-                " * {} hashed ({} files), {} cached ({} files), {} dirs, {} errors",
-                human_bytes(p.hashed_bytes.load(Ordering::Relaxed)),
-                p.hashed_files.load(Ordering::Relaxed),
-                human_bytes(p.cached_bytes.load(Ordering::Relaxed)),
-                p.cached_files.load(Ordering::Relaxed),
-                p.dirs.load(Ordering::Relaxed),
-                p.errors.load(Ordering::Relaxed),
-            );
-        }
+fn backup_status(p: Arc<BackupProgress>) -> Arc<dyn Fn() -> String + Send + Sync> {
+    Arc::new(move || {
+        format!(
+            "{} hashed ({} files), {} cached ({} files), {} dirs, {} errors",
+            human_bytes(p.hashed_bytes.load(Ordering::Relaxed)),
+            p.hashed_files.load(Ordering::Relaxed),
+            human_bytes(p.cached_bytes.load(Ordering::Relaxed)),
+            p.cached_files.load(Ordering::Relaxed),
+            p.dirs.load(Ordering::Relaxed),
+            p.errors.load(Ordering::Relaxed),
+        )
     })
 }
 
-/// kopia's `snapshot list --json` item: the manifest with its ID filled in.
-fn manifest_json(m: &SnapshotManifest) -> String {
-    String::from_utf8_lossy(&encode_snapshot_manifest(m)).into_owned()
+/// kopia's `snapshot list --json` item: the manifest with its ID filled in, then its retention
+/// reasons (kopia embeds the manifest and appends `retentionReason`, omitted when empty).
+fn manifest_json(m: &SnapshotManifest, reasons: &[String]) -> String {
+    let mut json = String::from_utf8_lossy(&encode_snapshot_manifest(m)).into_owned();
+    if !reasons.is_empty() && json.ends_with('}') {
+        json.pop();
+        json.push_str(",\"retentionReason\":");
+        json.push_str(&serde_json::to_string(reasons).unwrap_or_default());
+        json.push('}');
+    }
+    json
 }
 
 async fn list(global: &GlobalArgs, args: SnapshotListArgs) -> anyhow::Result<()> {
@@ -212,17 +205,18 @@ async fn list(global: &GlobalArgs, args: SnapshotListArgs) -> anyhow::Result<()>
                 b.1.start_time,
             ))
     });
+    let zone = kmover_snapshot::retention::LocalZone::from_env();
+    let judged = all.iter().map(|(_, m)| m.clone()).collect();
+    let decisions = kmover_snapshot::retention::judge_snapshots(&c.repo, judged, &zone).await?;
+    let reasons: std::collections::HashMap<&str, &[String]> =
+        decisions.iter().map(|d| (d.id.as_str(), d.reasons.as_slice())).collect();
     if args.json {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         write!(out, "[")?;
-        for (i, (_, m)) in all.iter().enumerate() {
-            write!(
-                out,
-                "{}{}",
-                if i == 0 { "\n " } else { ",\n " },
-                manifest_json(m)
-            )?;
+        for (i, (id, m)) in all.iter().enumerate() {
+            let r = reasons.get(id.as_str()).copied().unwrap_or_default();
+            write!(out, "{}{}", if i == 0 { "\n " } else { ",\n " }, manifest_json(m, r))?;
         }
         write!(out, "\n]")?;
         return Ok(());
@@ -251,6 +245,9 @@ async fn list(global: &GlobalArgs, args: SnapshotListArgs) -> anyhow::Result<()>
         }
         if !m.incomplete.is_empty() {
             line = format!("{line} incomplete:{}", m.incomplete);
+        }
+        if let Some(r) = reasons.get(id.as_str()).filter(|r| !r.is_empty()) {
+            line = format!("{line} ({})", r.join(","));
         }
         println!("{line}");
     }
@@ -328,7 +325,22 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<(
     };
     let target = connection::absolute(args.target.clone());
     eprintln!("Restoring to local filesystem ({}) ...", target.display());
-    let stats = restore_entry(c.repo.contents().clone(), &entry, &target, &opts, None).await?;
+    let latest = Arc::new(std::sync::Mutex::new(String::new()));
+    let record = {
+        let latest = latest.clone();
+        move |s: &kmover_snapshot::restore::RestoreStats| {
+            *latest.lock().expect("progress lock") = format!(
+                "restored {} files, {} dirs, {}",
+                s.restored_files,
+                s.restored_dirs,
+                human_bytes(s.restored_bytes)
+            );
+        }
+    };
+    let shown = Progress::start(Arc::new(move || latest.lock().expect("progress lock").clone()));
+    let stats = restore_entry(c.repo.contents().clone(), &entry, &target, &opts, Some(&record)).await;
+    drop(shown);
+    let stats = stats?;
     eprintln!(
         "Restored {} files, {} directories and {} symbolic links ({}).",
         stats.restored_files,

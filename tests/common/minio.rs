@@ -24,6 +24,8 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Minio {
     child: Child,
     port: u16,
+    /// With TLS: the CA that signed the server's certificate.
+    tls_ca_pem: Option<Vec<u8>>,
     /// Holds the data directory, MinIO's home and its log.
     dir: TempDir,
 }
@@ -71,6 +73,17 @@ impl Minio {
     /// Starts MinIO, or returns `None` after a loud skip message (a panic under CI).
     #[track_caller]
     pub fn start(test: &str) -> Option<Minio> {
+        Minio::start_with(test, None)
+    }
+
+    /// Starts MinIO serving HTTPS with `tls.cert_pem`/`tls.key_pem`, issued by `tls.ca_pem`.
+    #[track_caller]
+    pub fn start_tls(test: &str, tls: &TlsFiles) -> Option<Minio> {
+        Minio::start_with(test, Some(tls))
+    }
+
+    #[track_caller]
+    fn start_with(test: &str, tls: Option<&TlsFiles>) -> Option<Minio> {
         let binary = match locate_minio() {
             Ok(binary) => binary,
             Err(reason) => {
@@ -88,7 +101,7 @@ impl Minio {
         // The port is free when probed but may be taken before MinIO binds it: try again.
         let mut last_error = String::new();
         for _ in 0..3 {
-            match Minio::spawn(&binary) {
+            match Minio::spawn(&binary, tls) {
                 Ok(minio) => return Some(minio),
                 Err(e) => last_error = e,
             }
@@ -96,7 +109,7 @@ impl Minio {
         panic!("MinIO did not start: {last_error}");
     }
 
-    fn spawn(binary: &Path) -> Result<Minio, String> {
+    fn spawn(binary: &Path, tls: Option<&TlsFiles>) -> Result<Minio, String> {
         let dir = tempfile::Builder::new()
             .prefix("kmover-minio-")
             .tempdir()
@@ -104,10 +117,18 @@ impl Minio {
         let data = dir.path().join("data");
         std::fs::create_dir(&data).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.path().join("minio.log")).map_err(|e| e.to_string())?;
+        let certs = dir.path().join("certs");
+        std::fs::create_dir(&certs).map_err(|e| e.to_string())?;
+        if let Some(tls) = tls {
+            std::fs::write(certs.join("public.crt"), &tls.cert_pem).map_err(|e| e.to_string())?;
+            std::fs::write(certs.join("private.key"), &tls.key_pem).map_err(|e| e.to_string())?;
+        }
         let port = free_port();
         let console_port = free_port();
         let child = Command::new(binary)
             .arg("server")
+            .arg("--certs-dir")
+            .arg(&certs)
             .arg(&data)
             .args(["--address", &format!("127.0.0.1:{port}")])
             .args(["--console-address", &format!("127.0.0.1:{console_port}")])
@@ -122,7 +143,12 @@ impl Minio {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
-        let mut minio = Minio { child, port, dir };
+        let mut minio = Minio {
+            child,
+            port,
+            tls_ca_pem: tls.map(|t| t.ca_pem.clone().into_bytes()),
+            dir,
+        };
         minio.wait_until_ready()?;
         Ok(minio)
     }
@@ -137,8 +163,12 @@ impl Minio {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(format!("MinIO exited with {status}:\n{}", self.log()));
             }
-            if health_status(self.port) == Some(200) {
-                return Ok(());
+            // Over TLS the plain-HTTP probe only shows that MinIO listens (it answers 400);
+            // bucket creation then waits out the rest of the start.
+            match health_status(self.port) {
+                Some(200) => return Ok(()),
+                Some(_) if self.tls_ca_pem.is_some() => return Ok(()),
+                _ => {}
             }
             if Instant::now() > deadline {
                 return Err(format!(
@@ -159,11 +189,14 @@ impl Minio {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// A plain-HTTP config with the root credentials.
+    /// A config with the root credentials: plain HTTP, or HTTPS trusting only the test CA.
     pub fn s3_config(&self, bucket: &str, prefix: &str) -> S3Config {
         let mut config = S3Config::new(bucket, self.endpoint());
         config.prefix = prefix.into();
-        config.disable_tls = true;
+        match &self.tls_ca_pem {
+            Some(ca) => config.root_ca_pem = ca.clone(),
+            None => config.disable_tls = true,
+        }
         config.access_key_id = ROOT_USER.into();
         config.secret_access_key = ROOT_PASSWORD.into();
         config
@@ -204,6 +237,13 @@ impl Minio {
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
+}
+
+/// PEM files for a TLS server: its certificate and key, and the CA that issued it.
+pub struct TlsFiles {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub ca_pem: String,
 }
 
 impl Drop for Minio {

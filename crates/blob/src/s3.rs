@@ -378,6 +378,8 @@ impl S3Store {
 
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // RetryingStore is the one place that retries.
+            .retry(reqwest::retry::never())
             .connect_timeout(config.tuning.connect_timeout)
             .read_timeout(config.tuning.read_timeout)
             .user_agent(concat!("kmover/", env!("CARGO_PKG_VERSION")));
@@ -712,8 +714,10 @@ impl S3Store {
     }
 
     fn transport_error(&self, op: &'static str, id: &str, e: &reqwest::Error) -> BlobError {
-        // Only a request we could not even build is permanent; everything else is the network.
-        let transient = !e.is_builder();
+        let chain = error_chain(e);
+        // A certificate that does not verify will not verify next time either; everything else
+        // but a request we could not even build is the network.
+        let transient = !e.is_builder() && !chain.contains("certificate");
         let kind = if e.is_timeout() {
             "timed out"
         } else if e.is_connect() {
@@ -721,13 +725,7 @@ impl S3Store {
         } else {
             "request failed"
         };
-        self.remote_error(
-            op,
-            id,
-            None,
-            transient,
-            format!("{kind}: {}", error_chain(e)),
-        )
+        self.remote_error(op, id, None, transient, format!("{kind}: {chain}"))
     }
 
     /// Turns a non-success response into an error, reading S3's XML code and message.

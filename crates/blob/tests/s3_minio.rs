@@ -206,3 +206,56 @@ async fn bucket_creation_is_idempotent_and_missing_blobs_are_not_found() {
     s.delete("nothing").await.unwrap();
     assert_eq!(s.describe(), "s3://twice/");
 }
+
+/// A private CA and a certificate it issued for 127.0.0.1.
+fn private_pki() -> minio::TlsFiles {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "kmover test CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    minio::TlsFiles {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        ca_pem: ca_cert.pem(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_private_ca_and_without_verification() {
+    let pki = private_pki();
+    let Some(minio) = Minio::start_tls("tls_with_a_private_ca", &pki) else {
+        return;
+    };
+    minio.create_bucket("secure");
+    let trusted = store(minio.s3_config("secure", "tls/"));
+    trusted.put("p1", b"over TLS".to_vec()).await.unwrap();
+    assert_eq!(trusted.get("p1").await.unwrap(), b"over TLS");
+    assert_eq!(trusted.list("p").await.unwrap().len(), 1);
+
+    // The system roots do not know the private CA: a permanent error about the certificate.
+    let mut config = minio.s3_config("secure", "tls/");
+    config.root_ca_pem.clear();
+    let err = store(config.clone()).get("p1").await.unwrap_err();
+    assert!(!err.is_transient(), "{err:?}");
+    assert!(err.to_string().contains("certificate"), "{err}");
+
+    // --disable-tls-verification accepts any certificate.
+    config.disable_tls_verification = true;
+    assert_eq!(store(config).get("p1").await.unwrap(), b"over TLS");
+
+    // Plain HTTP to a TLS port fails rather than talking past it.
+    let mut config = minio.s3_config("secure", "tls/");
+    config.disable_tls = true;
+    config.root_ca_pem.clear();
+    assert!(store(config).get("p1").await.is_err());
+}

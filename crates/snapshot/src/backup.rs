@@ -29,6 +29,7 @@ use kmover_repo::{ContentManager, Repository};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, Semaphore};
 
+use crate::checkpoint::{CHECKPOINT_INCOMPLETE_REASON, DirNode, MAX_CHECKPOINT_INTERVAL, write_checkpoint};
 use crate::error::{Result, SnapshotError};
 use crate::ignore_rules::IgnoreContext;
 use crate::snapshots;
@@ -48,6 +49,8 @@ pub struct BackupOptions {
     /// User tags without the `tag:` prefix.
     pub tags: BTreeMap<String, String>,
     pub pins: Vec<String>,
+    /// How often an incomplete "checkpoint" snapshot is saved; `None` is kopia's 45 minutes.
+    pub checkpoint_interval: Option<std::time::Duration>,
 }
 
 /// Live counters a progress display reads while the backup runs.
@@ -138,8 +141,7 @@ pub async fn backup(
     policy: &Policy,
     progress: Arc<BackupProgress>,
 ) -> Result<BackupOutcome> {
-    let start_time =
-        UtcTimestamp::from_unix(repo.now().timestamp(), repo.now().timestamp_subsec_nanos());
+    let start_time = now_timestamp(repo);
     // A symlinked source is snapshotted through its target; the source path stays as given.
     let resolved = std::fs::canonicalize(path)
         .map_err(|e| SnapshotError::io(path, "resolve source path", e))?;
@@ -182,20 +184,17 @@ pub async fn backup(
             .filter(|e| e.entry_type == EntryType::Directory)
             .map(|e| e.object_id)
             .collect();
-        let (oid, summary) = upload_dir(
-            ctx.clone(),
-            resolved.clone(),
-            String::new(),
-            root_meta.clone(),
-            prev_roots,
-            ignore,
-        )
-        .await?;
-        DirEntry {
-            object_id: oid,
-            summary: Some(summary),
-            ..new_entry(root_name, &root_meta, EntryType::Directory)
-        }
+        let template = new_entry(root_name, &root_meta, EntryType::Directory);
+        let root_node = DirNode::new(template.clone(), template.mtime);
+        let upload =
+            upload_dir(ctx.clone(), resolved.clone(), String::new(), root_meta.clone(), prev_roots, ignore, root_node.clone());
+        let interval = opts.checkpoint_interval.unwrap_or(MAX_CHECKPOINT_INTERVAL).min(MAX_CHECKPOINT_INTERVAL);
+        let checkpoints = checkpoint_loop(repo, &ctx, &root_node, &opts.source, start_time, interval);
+        let (oid, summary) = tokio::select! {
+            result = upload => result?,
+            never = checkpoints => match never {},
+        };
+        DirEntry { object_id: oid, summary: Some(summary), ..template }
     } else if root_meta.is_file() {
         let mut entry = new_entry(root_name, &root_meta, EntryType::File);
         let (oid, read) = upload_file(&ctx, &resolved, &root_meta).await?;
@@ -214,8 +213,7 @@ pub async fn backup(
             path.display()
         )));
     };
-    let end_time =
-        UtcTimestamp::from_unix(repo.now().timestamp(), repo.now().timestamp_subsec_nanos());
+    let end_time = now_timestamp(repo);
     let stats = ctx.stats.lock().await.clone();
     let fatal_errors = root_entry.summary.as_ref().map_or(0, |s| s.num_failed);
     let manifest = SnapshotManifest {
@@ -249,6 +247,46 @@ pub async fn backup(
         manifest,
         fatal_errors,
     })
+}
+
+fn now_timestamp(repo: &Repository) -> UtcTimestamp {
+    let now = repo.now();
+    UtcTimestamp::from_unix(now.timestamp(), now.timestamp_subsec_nanos())
+}
+
+/// Saves an incomplete "checkpoint" snapshot of the finished part of the tree at every interval,
+/// and flushes, so the work survives an interruption. Runs until the upload finishes.
+async fn checkpoint_loop(
+    repo: &Repository,
+    ctx: &Ctx,
+    root: &Arc<DirNode>,
+    source: &SourceInfo,
+    start_time: UtcTimestamp,
+    interval: std::time::Duration,
+) -> std::convert::Infallible {
+    loop {
+        tokio::time::sleep(interval).await;
+        let saved = async {
+            let entry = write_checkpoint(root, &ctx.contents, ctx.metadata_compression).await?;
+            let manifest = SnapshotManifest {
+                source: source.clone(),
+                start_time,
+                end_time: now_timestamp(repo),
+                incomplete: CHECKPOINT_INCOMPLETE_REASON.to_string(),
+                root_entry: Some(entry),
+                ..Default::default()
+            };
+            let id = snapshots::save_snapshot(repo, &manifest).await?;
+            repo.flush().await?;
+            Ok::<_, SnapshotError>(id)
+        }
+        .await;
+        match saved {
+            Ok(id) => tracing::info!("saved checkpoint snapshot {id}"),
+            // A failed checkpoint only loses resumability; the upload itself goes on.
+            Err(e) => tracing::warn!("checkpoint failed: {e}"),
+        }
+    }
 }
 
 /// Lists `dir` and lstats every child (blocking I/O, off the async runtime).
@@ -323,6 +361,7 @@ fn upload_dir(
     dir_meta: std::fs::Metadata,
     prev_ids: Vec<ObjectId>,
     parent_ignore: IgnoreContext,
+    node: Arc<DirNode>,
 ) -> futures::future::BoxFuture<'static, Result<(ObjectId, DirectorySummary)>> {
     Box::pin(async move {
         ctx.progress.dirs.fetch_add(1, Ordering::Relaxed);
@@ -375,27 +414,28 @@ fn upload_dir(
             work.push((item, Some(kind)));
         }
 
-        let outcomes: Vec<Result<Outcome>> =
-            futures::stream::iter(work.into_iter().map(|(item, kind)| {
+        let mut outcomes = futures::stream::iter(work.into_iter().map(|(item, kind)| {
                 let ctx = ctx.clone();
                 let ignore = ignore.clone();
                 let rel = rel.clone();
+                let node = node.clone();
                 let prev_entries: Vec<DirEntry> = prev
                     .iter()
                     .flat_map(|m| m.entries.iter())
                     .filter(|e| e.name == item.name)
                     .cloned()
                     .collect();
-                async move { upload_entry(ctx, item, kind, rel, prev_entries, ignore).await }
+                async move { upload_entry(ctx, item, kind, rel, prev_entries, ignore, node).await }
             }))
-            .buffer_unordered(ctx.parallel.max(2))
-            .collect()
-            .await;
+            .buffer_unordered(ctx.parallel.max(2));
 
         let mut builder = DirManifestBuilder::new();
-        for outcome in outcomes {
+        while let Some(outcome) = outcomes.next().await {
             match outcome? {
-                Outcome::Entry(e) => builder.add_entry(e),
+                Outcome::Entry(e) => {
+                    node.finished(e.clone());
+                    builder.add_entry(e)
+                }
                 Outcome::Failed {
                     rel,
                     ignored,
@@ -437,6 +477,7 @@ async fn upload_entry(
     rel: String,
     prev_entries: Vec<DirEntry>,
     ignore: IgnoreContext,
+    node: Arc<DirNode>,
 ) -> Result<Outcome> {
     let child_rel = rel_join(&rel, &item.name);
     let Some(kind) = kind else {
@@ -454,16 +495,20 @@ async fn upload_entry(
                 .filter(|e| e.entry_type == EntryType::Directory)
                 .map(|e| e.object_id)
                 .collect();
-            match upload_dir(
+            let dir_mtime = entry.mtime;
+            let child = node.start_child(entry.clone(), dir_mtime);
+            let result = upload_dir(
                 ctx.clone(),
                 item.path.clone(),
                 child_rel.clone(),
                 item.meta.clone(),
                 prev_ids,
                 ignore,
+                child,
             )
-            .await
-            {
+            .await;
+            node.end_child(&item.name);
+            match result {
                 Ok((oid, summary)) => {
                     entry.object_id = oid;
                     entry.summary = Some(summary);

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod backup;
+pub mod checkpoint;
 pub mod error;
 pub mod ignore_rules;
 pub mod policy;

@@ -93,7 +93,7 @@ impl LocalZone {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (month may be any value 1..=12).
+/// Days since 1970-01-01 of a proleptic Gregorian date (month 1..=12; any day, overflow rolls on).
 fn days_from_civil(year: i128, month: i128, day: i128) -> i128 {
     let y = if month <= 2 { year - 1 } else { year };
     let era = y.div_euclid(400);
@@ -433,16 +433,16 @@ pub async fn judge_snapshots(
     snapshots: Vec<SnapshotManifest>,
     zone: &LocalZone,
 ) -> Result<Vec<RetentionDecision>> {
-    let mut groups: BTreeMap<String, (SourceInfo, Vec<SnapshotManifest>)> = BTreeMap::new();
+    // Keyed by text first for kopia's order; the source itself keeps look-alikes apart.
+    let mut groups: BTreeMap<(String, SourceInfo), Vec<SnapshotManifest>> = BTreeMap::new();
     for s in snapshots {
         groups
-            .entry(s.source.to_string())
-            .or_insert_with(|| (s.source.clone(), Vec::new()))
-            .1
+            .entry((s.source.to_string(), s.source.clone()))
+            .or_default()
             .push(s);
     }
     let mut out = Vec::new();
-    for (source, group) in groups.into_values() {
+    for ((_, source), group) in groups {
         let (policy, _) = effective_policy_for(repo, &source).await?;
         let reasons = retention_reasons(&policy.retention, &group, zone);
         out.extend(
@@ -708,91 +708,93 @@ mod tests {
         }
     }
 
+    /// (start time, incomplete, expected reasons joined by spaces).
+    type Rows = Vec<(&'static str, bool, &'static str)>;
+
     /// Kopia's `TestRetentionPolicyTest` cases (`retention_policy_test.go`).
     #[test]
     fn kopia_table_cases() {
-        let c = |t| (t, false);
-        let i = |t| (t, true);
-        let cases: Vec<(RetentionPolicy, Vec<((&str, bool), &str)>)> = vec![
+        const C: bool = false;
+        const I: bool = true;
+        let cases: Vec<(RetentionPolicy, Rows)> = vec![
             (
                 policy([Some(3), None, None, None, None, None]),
                 vec![
-                    (c("2020-01-01T12:00:00Z"), ""),
-                    (c("2020-01-01T12:01:00Z"), "latest-3"),
-                    (c("2020-01-01T12:02:00Z"), "latest-2"),
-                    (c("2020-01-01T12:03:00Z"), "latest-1"),
+                    ("2020-01-01T12:00:00Z", C, ""),
+                    ("2020-01-01T12:01:00Z", C, "latest-3"),
+                    ("2020-01-01T12:02:00Z", C, "latest-2"),
+                    ("2020-01-01T12:03:00Z", C, "latest-1"),
                 ],
             ),
             (
                 policy([None, None, Some(3), None, None, None]),
                 vec![
-                    (c("2020-01-01T12:00:00Z"), ""),
-                    (c("2020-01-01T15:00:00Z"), ""),
-                    (c("2020-01-02T12:00:00Z"), ""),
-                    (c("2020-01-02T15:00:00Z"), "daily-3"),
-                    (c("2020-01-03T12:00:00Z"), ""),
-                    (c("2020-01-03T15:00:00Z"), "daily-2"),
-                    (c("2020-01-04T12:00:00Z"), ""),
-                    (c("2020-01-04T15:00:00Z"), "daily-1"),
+                    ("2020-01-01T12:00:00Z", C, ""),
+                    ("2020-01-01T15:00:00Z", C, ""),
+                    ("2020-01-02T12:00:00Z", C, ""),
+                    ("2020-01-02T15:00:00Z", C, "daily-3"),
+                    ("2020-01-03T12:00:00Z", C, ""),
+                    ("2020-01-03T15:00:00Z", C, "daily-2"),
+                    ("2020-01-04T12:00:00Z", C, ""),
+                    ("2020-01-04T15:00:00Z", C, "daily-1"),
                 ],
             ),
             (
                 policy([None, None, None, None, Some(3), None]),
                 vec![
-                    (c("2020-01-01T12:00:00Z"), ""),
-                    (c("2020-01-01T15:00:00Z"), ""),
-                    (c("2020-03-02T15:00:00Z"), "monthly-2"),
-                    (c("2020-04-01T12:00:00Z"), ""),
-                    (c("2020-04-02T15:00:00Z"), "monthly-1"),
+                    ("2020-01-01T12:00:00Z", C, ""),
+                    ("2020-01-01T15:00:00Z", C, ""),
+                    ("2020-03-02T15:00:00Z", C, "monthly-2"),
+                    ("2020-04-01T12:00:00Z", C, ""),
+                    ("2020-04-02T15:00:00Z", C, "monthly-1"),
                 ],
             ),
             (
                 policy([Some(3), Some(7), Some(5), None, Some(2), None]),
                 vec![
-                    (c("2020-01-02T15:00:00Z"), ""),
-                    (c("2020-03-02T13:00:00Z"), ""),
-                    (c("2020-03-02T15:00:00Z"), "monthly-2"),
-                    (c("2020-04-01T14:00:00Z"), ""),
-                    (c("2020-04-01T15:00:00Z"), "daily-2"),
-                    (c("2020-04-02T12:00:00Z"), "latest-3 hourly-3"),
-                    (c("2020-04-02T13:00:00Z"), "latest-2 hourly-2"),
+                    ("2020-01-02T15:00:00Z", C, ""),
+                    ("2020-03-02T13:00:00Z", C, ""),
+                    ("2020-03-02T15:00:00Z", C, "monthly-2"),
+                    ("2020-04-01T14:00:00Z", C, ""),
+                    ("2020-04-01T15:00:00Z", C, "daily-2"),
+                    ("2020-04-02T12:00:00Z", C, "latest-3 hourly-3"),
+                    ("2020-04-02T13:00:00Z", C, "latest-2 hourly-2"),
                     (
-                        c("2020-04-02T15:00:00Z"),
+                        "2020-04-02T15:00:00Z",
+                        C,
                         "latest-1 hourly-1 daily-1 monthly-1",
                     ),
-                    (i("2020-04-02T15:01:00Z"), ""),
-                    (i("2020-04-02T19:01:00Z"), ""),
-                    (i("2020-04-02T20:01:00Z"), "incomplete"),
-                    (i("2020-04-02T23:01:00Z"), "incomplete"),
-                    (i("2020-04-02T23:50:00Z"), "incomplete"),
+                    ("2020-04-02T15:01:00Z", I, ""),
+                    ("2020-04-02T19:01:00Z", I, ""),
+                    ("2020-04-02T20:01:00Z", I, "incomplete"),
+                    ("2020-04-02T23:01:00Z", I, "incomplete"),
+                    ("2020-04-02T23:50:00Z", I, "incomplete"),
                 ],
             ),
             (
                 policy([Some(3), None, None, None, None, None]),
                 vec![
-                    (c("2020-04-02T15:00:00Z"), "latest-1"),
-                    (i("2020-04-02T15:01:00Z"), ""),
-                    (i("2020-04-02T17:01:00Z"), ""),
-                    (i("2020-04-02T18:01:00Z"), "incomplete"),
-                    (i("2020-04-02T19:01:00Z"), "incomplete"),
-                    (i("2020-04-02T23:50:00Z"), "incomplete"),
+                    ("2020-04-02T15:00:00Z", C, "latest-1"),
+                    ("2020-04-02T15:01:00Z", I, ""),
+                    ("2020-04-02T17:01:00Z", I, ""),
+                    ("2020-04-02T18:01:00Z", I, "incomplete"),
+                    ("2020-04-02T19:01:00Z", I, "incomplete"),
+                    ("2020-04-02T23:50:00Z", I, "incomplete"),
                 ],
             ),
             (
                 policy([None, None, None, Some(3), None, None]),
                 vec![
-                    (c("2020-01-01T12:00:00Z"), ""),
-                    (c("2020-01-01T15:00:00Z"), "weekly-3"),
-                    (c("2020-01-08T12:00:00Z"), ""),
-                    (c("2020-01-09T12:00:00Z"), "weekly-2"),
-                    (c("2020-01-15T12:00:00Z"), "weekly-1"),
+                    ("2020-01-01T12:00:00Z", C, ""),
+                    ("2020-01-01T15:00:00Z", C, "weekly-3"),
+                    ("2020-01-08T12:00:00Z", C, ""),
+                    ("2020-01-09T12:00:00Z", C, "weekly-2"),
+                    ("2020-01-15T12:00:00Z", C, "weekly-1"),
                 ],
             ),
         ];
         for (r, rows) in cases {
-            let expected: Vec<(&str, bool, &str)> =
-                rows.iter().map(|((t, inc), w)| (*t, *inc, *w)).collect();
-            check(&r, "UTC", &expected);
+            check(&r, "UTC", &rows);
         }
     }
 
