@@ -23,7 +23,8 @@ pub fn print_json_list<T: Serialize>(items: impl IntoIterator<Item = T>) -> anyh
 
 /// Go's `time.Time` JSON form (RFC 3339, fraction with trailing zeros trimmed).
 pub fn go_time(t: &DateTime<Utc>) -> String {
-    kmover_format::gotime::format(t).unwrap_or_else(|_| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
+    kmover_format::gotime::format(t)
+        .unwrap_or_else(|_| t.to_rfc3339_opts(SecondsFormat::Nanos, true))
 }
 
 /// kopia's `formatTimestamp`: `2006-01-02 15:04:05 MST`.

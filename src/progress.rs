@@ -18,15 +18,23 @@ pub struct Progress {
 
 impl Progress {
     pub fn start(status: Arc<dyn Fn() -> String + Send + Sync>) -> Self {
-        let terminal = std::io::stderr().is_terminal() && std::env::var_os("KMOVER_PLAIN_PROGRESS").is_none();
+        let terminal =
+            std::io::stderr().is_terminal() && std::env::var_os("KMOVER_PLAIN_PROGRESS").is_none();
         let bar = terminal.then(|| {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+                    .expect("valid template"),
+            );
             bar
         });
         let shown = bar.clone();
         let task = tokio::spawn(async move {
-            let mut tick = tokio::time::interval(if shown.is_some() { BAR_INTERVAL } else { LINE_INTERVAL });
+            let mut tick = tokio::time::interval(if shown.is_some() {
+                BAR_INTERVAL
+            } else {
+                LINE_INTERVAL
+            });
             tick.tick().await;
             loop {
                 tick.tick().await;
@@ -60,5 +68,9 @@ pub fn human_bytes(n: u64) -> String {
         v /= 1000.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }

@@ -185,7 +185,11 @@ fn edit(tree: &Path, round: usize) {
         std::fs::remove_file(tree.join(format!("data/round-{}.txt", round - 1))).unwrap();
     }
     use std::os::unix::fs::PermissionsExt;
-    let mode = if round % 2 == 0 { 0o640 } else { 0o644 };
+    let mode = if round.is_multiple_of(2) {
+        0o640
+    } else {
+        0o644
+    };
     std::fs::set_permissions(
         tree.join("names/with spaces.txt"),
         std::fs::Permissions::from_mode(mode),
@@ -225,7 +229,7 @@ fn alternating_kmover_and_kopia_rounds_share_and_restore_everything() {
         edit(&tree, round);
         let saved = dir.path().join(format!("round-{round}"));
         copy_tree(&tree, &saved);
-        let m = if round % 2 == 0 {
+        let m = if round.is_multiple_of(2) {
             kmover_snapshot(&kmover, &tree)
         } else {
             kopia.snapshot_create(&tree)
@@ -289,7 +293,9 @@ fn one_changed_file_among_ten_thousand_is_the_only_one_read() {
 /// Smoke form of the exchange with older and newer kopia releases: each verifies and restores the
 /// other's snapshot of the same small tree, and both agree on the root object ID.
 fn smoke_exchange(version: KopiaVersion, test: &str) {
-    let Some(kopia) = Kopia::find(version, test) else { return };
+    let Some(kopia) = Kopia::find(version, test) else {
+        return;
+    };
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
     hard_tree(&tree, false, 100);
@@ -300,12 +306,22 @@ fn smoke_exchange(version: KopiaVersion, test: &str) {
     let ours = kmover_snapshot(&kmover, &tree);
     kopia.run(["snapshot", "verify", "--verify-files-percent=100"]);
     let by_kopia = dir.path().join("by-kopia");
-    kopia.run(["snapshot", "restore", ours["id"].as_str().unwrap(), by_kopia.to_str().unwrap()]);
+    kopia.run([
+        "snapshot",
+        "restore",
+        ours["id"].as_str().unwrap(),
+        by_kopia.to_str().unwrap(),
+    ]);
     assert_same_tree(&tree, &by_kopia, EXACT);
     let theirs = kopia.snapshot_create(&tree);
     assert_eq!(theirs["rootEntry"]["obj"], ours["rootEntry"]["obj"]);
     let by_kmover = dir.path().join("by-kmover");
-    kmover.run(["snapshot", "restore", theirs["id"].as_str().unwrap(), by_kmover.to_str().unwrap()]);
+    kmover.run([
+        "snapshot",
+        "restore",
+        theirs["id"].as_str().unwrap(),
+        by_kmover.to_str().unwrap(),
+    ]);
     assert_same_tree(&tree, &by_kmover, EXACT);
     kmover.run(["snapshot", "verify", "--verify-files-percent=100"]);
 }

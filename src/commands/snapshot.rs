@@ -41,7 +41,9 @@ pub async fn run(global: &GlobalArgs, cmd: SnapshotCommand) -> anyhow::Result<()
             c.repo.flush().await?;
             Ok(())
         }
-        SnapshotCommand::Expire(args) => crate::commands::snapshot_expire::run_expire(global, args).await,
+        SnapshotCommand::Expire(args) => {
+            crate::commands::snapshot_expire::run_expire(global, args).await
+        }
         SnapshotCommand::Verify {
             ids,
             verify_files_percent,
@@ -84,7 +86,6 @@ fn local_source(c: &Connected, path: &Path) -> SourceInfo {
         path: clean_absolute(path).to_string_lossy().into_owned(),
     }
 }
-
 
 async fn create(global: &GlobalArgs, args: SnapshotCreateArgs) -> anyhow::Result<()> {
     let c = connection::open_connected(global).await?;
@@ -208,15 +209,22 @@ async fn list(global: &GlobalArgs, args: SnapshotListArgs) -> anyhow::Result<()>
     let zone = kmover_snapshot::retention::LocalZone::from_env();
     let judged = all.iter().map(|(_, m)| m.clone()).collect();
     let decisions = kmover_snapshot::retention::judge_snapshots(&c.repo, judged, &zone).await?;
-    let reasons: std::collections::HashMap<&str, &[String]> =
-        decisions.iter().map(|d| (d.id.as_str(), d.reasons.as_slice())).collect();
+    let reasons: std::collections::HashMap<&str, &[String]> = decisions
+        .iter()
+        .map(|d| (d.id.as_str(), d.reasons.as_slice()))
+        .collect();
     if args.json {
         let stdout = std::io::stdout();
         let mut out = stdout.lock();
         write!(out, "[")?;
         for (i, (id, m)) in all.iter().enumerate() {
             let r = reasons.get(id.as_str()).copied().unwrap_or_default();
-            write!(out, "{}{}", if i == 0 { "\n " } else { ",\n " }, manifest_json(m, r))?;
+            write!(
+                out,
+                "{}{}",
+                if i == 0 { "\n " } else { ",\n " },
+                manifest_json(m, r)
+            )?;
         }
         write!(out, "\n]")?;
         return Ok(());
@@ -337,8 +345,17 @@ pub async fn restore(global: &GlobalArgs, args: RestoreArgs) -> anyhow::Result<(
             );
         }
     };
-    let shown = Progress::start(Arc::new(move || latest.lock().expect("progress lock").clone()));
-    let stats = restore_entry(c.repo.contents().clone(), &entry, &target, &opts, Some(&record)).await;
+    let shown = Progress::start(Arc::new(move || {
+        latest.lock().expect("progress lock").clone()
+    }));
+    let stats = restore_entry(
+        c.repo.contents().clone(),
+        &entry,
+        &target,
+        &opts,
+        Some(&record),
+    )
+    .await;
     drop(shown);
     let stats = stats?;
     eprintln!(

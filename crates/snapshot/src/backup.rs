@@ -29,7 +29,9 @@ use kmover_repo::{ContentManager, Repository};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, Semaphore};
 
-use crate::checkpoint::{CHECKPOINT_INCOMPLETE_REASON, DirNode, MAX_CHECKPOINT_INTERVAL, write_checkpoint};
+use crate::checkpoint::{
+    CHECKPOINT_INCOMPLETE_REASON, DirNode, MAX_CHECKPOINT_INTERVAL, write_checkpoint,
+};
 use crate::error::{Result, SnapshotError};
 use crate::ignore_rules::IgnoreContext;
 use crate::snapshots;
@@ -186,15 +188,30 @@ pub async fn backup(
             .collect();
         let template = new_entry(root_name, &root_meta, EntryType::Directory);
         let root_node = DirNode::new(template.clone(), template.mtime);
-        let upload =
-            upload_dir(ctx.clone(), resolved.clone(), String::new(), root_meta.clone(), prev_roots, ignore, root_node.clone());
-        let interval = opts.checkpoint_interval.unwrap_or(MAX_CHECKPOINT_INTERVAL).min(MAX_CHECKPOINT_INTERVAL);
-        let checkpoints = checkpoint_loop(repo, &ctx, &root_node, &opts.source, start_time, interval);
+        let upload = upload_dir(
+            ctx.clone(),
+            resolved.clone(),
+            String::new(),
+            root_meta.clone(),
+            prev_roots,
+            ignore,
+            root_node.clone(),
+        );
+        let interval = opts
+            .checkpoint_interval
+            .unwrap_or(MAX_CHECKPOINT_INTERVAL)
+            .min(MAX_CHECKPOINT_INTERVAL);
+        let checkpoints =
+            checkpoint_loop(repo, &ctx, &root_node, &opts.source, start_time, interval);
         let (oid, summary) = tokio::select! {
             result = upload => result?,
             never = checkpoints => match never {},
         };
-        DirEntry { object_id: oid, summary: Some(summary), ..template }
+        DirEntry {
+            object_id: oid,
+            summary: Some(summary),
+            ..template
+        }
     } else if root_meta.is_file() {
         let mut entry = new_entry(root_name, &root_meta, EntryType::File);
         let (oid, read) = upload_file(&ctx, &resolved, &root_meta).await?;
@@ -415,19 +432,19 @@ fn upload_dir(
         }
 
         let mut outcomes = futures::stream::iter(work.into_iter().map(|(item, kind)| {
-                let ctx = ctx.clone();
-                let ignore = ignore.clone();
-                let rel = rel.clone();
-                let node = node.clone();
-                let prev_entries: Vec<DirEntry> = prev
-                    .iter()
-                    .flat_map(|m| m.entries.iter())
-                    .filter(|e| e.name == item.name)
-                    .cloned()
-                    .collect();
-                async move { upload_entry(ctx, item, kind, rel, prev_entries, ignore, node).await }
-            }))
-            .buffer_unordered(ctx.parallel.max(2));
+            let ctx = ctx.clone();
+            let ignore = ignore.clone();
+            let rel = rel.clone();
+            let node = node.clone();
+            let prev_entries: Vec<DirEntry> = prev
+                .iter()
+                .flat_map(|m| m.entries.iter())
+                .filter(|e| e.name == item.name)
+                .cloned()
+                .collect();
+            async move { upload_entry(ctx, item, kind, rel, prev_entries, ignore, node).await }
+        }))
+        .buffer_unordered(ctx.parallel.max(2));
 
         let mut builder = DirManifestBuilder::new();
         while let Some(outcome) = outcomes.next().await {

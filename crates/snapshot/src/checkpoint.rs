@@ -31,12 +31,20 @@ pub struct DirNode {
 
 impl DirNode {
     pub fn new(template: DirEntry, dir_mtime: UtcTimestamp) -> Arc<Self> {
-        Arc::new(DirNode { template, dir_mtime, finished: Mutex::default(), children: Mutex::default() })
+        Arc::new(DirNode {
+            template,
+            dir_mtime,
+            finished: Mutex::default(),
+            children: Mutex::default(),
+        })
     }
 
     pub fn start_child(&self, template: DirEntry, dir_mtime: UtcTimestamp) -> Arc<DirNode> {
         let node = DirNode::new(template, dir_mtime);
-        self.children.lock().expect("checkpoint lock").insert(node.template.name.clone(), node.clone());
+        self.children
+            .lock()
+            .expect("checkpoint lock")
+            .insert(node.template.name.clone(), node.clone());
         node
     }
 
@@ -57,7 +65,13 @@ pub fn write_checkpoint<'a>(
 ) -> futures::future::BoxFuture<'a, Result<DirEntry>> {
     Box::pin(async move {
         let mut entries = node.finished.lock().expect("checkpoint lock").clone();
-        let children: Vec<Arc<DirNode>> = node.children.lock().expect("checkpoint lock").values().cloned().collect();
+        let children: Vec<Arc<DirNode>> = node
+            .children
+            .lock()
+            .expect("checkpoint lock")
+            .values()
+            .cloned()
+            .collect();
         for child in &children {
             if entries.iter().any(|e| e.name == child.template.name) {
                 continue;
@@ -77,6 +91,10 @@ pub fn write_checkpoint<'a>(
             parallelism: 2,
         };
         let oid = write_object(contents, &encode_dir_manifest(&listing), opts).await?;
-        Ok(DirEntry { object_id: oid, summary: listing.summary, ..node.template.clone() })
+        Ok(DirEntry {
+            object_id: oid,
+            summary: listing.summary,
+            ..node.template.clone()
+        })
     })
 }

@@ -164,21 +164,36 @@ async fn ignore_files_and_cache_dirs_leave_entries_out() {
 async fn long_uploads_leave_readable_checkpoint_snapshots() {
     let dir = tempfile::tempdir().unwrap();
     for i in 0..6u32 {
-        let data: Vec<u8> = (0..(16u32 << 20)).map(|b| (b.wrapping_mul(2654435761).wrapping_add(i) >> 11) as u8).collect();
+        let data: Vec<u8> = (0..(16u32 << 20))
+            .map(|b| (b.wrapping_mul(2654435761).wrapping_add(i) >> 11) as u8)
+            .collect();
         write(&dir.path().join(format!("d{i}/file.bin")), &data);
     }
     let repo = repo().await;
     let opts = BackupOptions {
-        source: SourceInfo { host: "h".into(), user_name: "u".into(), path: "/src".into() },
+        source: SourceInfo {
+            host: "h".into(),
+            user_name: "u".into(),
+            path: "/src".into(),
+        },
         parallel: 1,
         checkpoint_interval: Some(std::time::Duration::from_millis(30)),
         ..Default::default()
     };
-    let done = backup(&repo, dir.path(), &opts, &Policy::kopia_default(), Arc::new(BackupProgress::default()))
-        .await
-        .unwrap();
+    let done = backup(
+        &repo,
+        dir.path(),
+        &opts,
+        &Policy::kopia_default(),
+        Arc::new(BackupProgress::default()),
+    )
+    .await
+    .unwrap();
     let all = snapshots::list_snapshots(&repo, None).await.unwrap();
-    let checkpoints: Vec<_> = all.iter().filter(|(_, m)| m.incomplete == "checkpoint").collect();
+    let checkpoints: Vec<_> = all
+        .iter()
+        .filter(|(_, m)| m.incomplete == "checkpoint")
+        .collect();
     assert!(!checkpoints.is_empty(), "a slow upload saves checkpoints");
     for (_, m) in &checkpoints {
         let root = m.root_entry.clone().unwrap();
@@ -187,11 +202,22 @@ async fn long_uploads_leave_readable_checkpoint_snapshots() {
         let listing = tree::read_dir(repo.contents(), &root).await.unwrap();
         for sub in listing.entries {
             for f in tree::read_dir(repo.contents(), &sub).await.unwrap().entries {
-                assert_eq!(read_object(repo.contents(), &f.object_id).await.unwrap().len(), 16 << 20);
+                assert_eq!(
+                    read_object(repo.contents(), &f.object_id)
+                        .await
+                        .unwrap()
+                        .len(),
+                    16 << 20
+                );
             }
         }
     }
     assert!(done.manifest.incomplete.is_empty());
-    let previous = snapshots::previous_snapshots(&repo, &opts.source).await.unwrap();
-    assert_eq!(previous[0].root_entry.as_ref().unwrap().object_id, done.manifest.root_entry.unwrap().object_id);
+    let previous = snapshots::previous_snapshots(&repo, &opts.source)
+        .await
+        .unwrap();
+    assert_eq!(
+        previous[0].root_entry.as_ref().unwrap().object_id,
+        done.manifest.root_entry.unwrap().object_id
+    );
 }
