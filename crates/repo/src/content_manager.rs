@@ -250,6 +250,13 @@ impl ContentManager {
         if let Some(s) = &w.session {
             return Ok(s.info.id.clone());
         }
+        if !self.crypto.blobcfg.retention_mode.is_empty() {
+            // Blobs written without the lock would silently lack the protection the owner chose.
+            return Err(RepoError::Other(format!(
+                "repository uses blob retention ({} mode), which kmover cannot apply to new blobs yet: refusing to write",
+                self.crypto.blobcfg.retention_mode
+            )));
+        }
         let now = (self.clock)();
         let info = SessionInfo {
             id: session_id(random_bytes(), now),

@@ -310,3 +310,35 @@ async fn flipped_format_blob_byte_is_an_error_not_a_panic() {
         }
     }
 }
+
+#[tokio::test]
+async fn writes_are_refused_when_the_repository_requires_blob_retention() {
+    use kmover_format::format_blob::{BlobCfg, encrypt_blobcfg};
+    let (store, repo) = new_repo(&fast_options()).await;
+    let crypto = repo.crypto();
+    let cfg = BlobCfg {
+        retention_mode: "COMPLIANCE".into(),
+        retention_period_ns: 86_400_000_000_000,
+    };
+    let bytes = encrypt_blobcfg(
+        &cfg,
+        &crypto.format_key,
+        &crypto.format_blob.unique_id,
+        [9; 12],
+    );
+    store.put("kopia.blobcfg", bytes).await.unwrap();
+    let locked = Repository::open(store.clone(), PASSWORD, Default::default())
+        .await
+        .unwrap();
+    let err = locked
+        .contents()
+        .write_content(b"data", None, None)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("retention"), "{err}");
+    assert!(
+        store.list("p").await.unwrap().is_empty() && store.list("s").await.unwrap().is_empty(),
+        "nothing written"
+    );
+}
