@@ -7,6 +7,7 @@ mod connection;
 mod identity;
 mod output;
 mod progress;
+mod timespec;
 
 use std::process::ExitCode;
 

@@ -159,20 +159,15 @@ fn check_kopia_reads(
     // kmover does not yet write kopia's maintenance-owner manifest at create: claim ownership.
     kopia.run(["maintenance", "set", "--owner=me"]);
     kopia.run(["maintenance", "run", "--full", "--safety=none"]);
-    // No snapshot references these raw contents, so kopia's GC marks them deleted; what matters is
-    // that both tools read kopia's rewritten index identically.
+    // No snapshot references these raw contents, so kopia's GC marks them deleted, and with
+    // `--safety=none` its deletion watermark may hide them entirely; what matters is that both tools
+    // read kopia's rewritten index (and apply the watermark) identically.
     let after_kopia = by_id(kopia.content_list_json_with_deleted());
     let after_kmover = by_id(kmover.content_list_json_with_deleted());
     assert_eq!(
         after_kopia, after_kmover,
         "both tools read kopia's maintained index identically"
     );
-    for (id, _) in &written {
-        assert!(
-            after_kopia.contains_key(id),
-            "{id} is still listed (as deleted) after kopia maintenance"
-        );
-    }
 }
 
 fn fast(opts: CreateOptions) -> CreateOptions {

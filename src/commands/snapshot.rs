@@ -297,13 +297,17 @@ async fn resolve_entry(c: &Connected, spec: &str, snapshot_time: &str) -> anyhow
         let source = local_source(c, &candidate);
         let mut found = snapshots::list_snapshots(&c.repo, Some(&source)).await?;
         found.retain(|(_, m)| m.incomplete.is_empty());
-        if snapshot_time != "latest" {
-            let limit = chrono::DateTime::parse_from_rfc3339(snapshot_time).with_context(|| {
-                format!("invalid --snapshot-time {snapshot_time:?}: use RFC 3339 or \"latest\"")
-            })?;
-            found.retain(|(_, m)| m.start_time.unix_secs() <= limit.timestamp());
-        }
-        if let Some((_, m)) = found.last() {
+        let chosen = match crate::timespec::parse(snapshot_time, c.repo.now())
+            .map_err(anyhow::Error::msg)?
+        {
+            crate::timespec::SnapshotTime::Latest => found.last(),
+            crate::timespec::SnapshotTime::Oldest => found.first(),
+            crate::timespec::SnapshotTime::Before(t) => {
+                let limit = t.timestamp_nanos_opt().unwrap_or(i64::MAX);
+                found.iter().rev().find(|(_, m)| m.start_time.0 < limit)
+            }
+        };
+        if let Some((_, m)) = chosen {
             let root = m.root_entry.clone().context("snapshot has no root entry")?;
             let sub = abs.strip_prefix(&candidate).unwrap_or(Path::new(""));
             return Ok(tree::resolve(c.repo.contents(), &root, &sub.to_string_lossy()).await?);
