@@ -78,7 +78,7 @@ run_clippy() {
 
 run_tests() {
     step "cargo test --workspace"
-    cargo test --workspace --locked
+    cargo test --workspace --locked --no-fail-fast
 }
 
 # Makes nightly and cargo-fuzz available; returns non-zero (after saying why)

@@ -8,7 +8,6 @@ use kmover_format::snapshot::policy::{
     ActionCommand, Definition, Policy, TimeOfDay, decode_policy, encode_policy,
 };
 use kmover_repo::Repository;
-use kmover_repo::local_config::go_escape;
 use kmover_snapshot::policy::{
     defined_policy, effective_policy_for, list_policies, remove_policy, set_policy,
 };
@@ -2158,4 +2157,9 @@ mod tests {
             assert!(cron::validate(bad).is_err(), "{bad}");
         }
     }
+}
+
+/// A JSON string literal escaped as Go's encoder writes it.
+fn go_escape(s: &str) -> String {
+    String::from_utf8(kmover_format::gojson::to_vec(s).unwrap_or_default()).unwrap_or_default()
 }

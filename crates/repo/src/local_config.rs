@@ -147,10 +147,11 @@ impl LocalConfig {
         {
             c.cache_directory = rel.to_string_lossy().into_owned();
         }
-        let json = go_indent_json(
-            &serde_json::to_value(&copy).map_err(|e| RepoError::Config(e.to_string()))?,
-        );
-        write_private_file(path, json.as_bytes())
+        // Go's json.MarshalIndent: the encoder's form without its trailing newline.
+        let mut json = kmover_format::gojson::to_vec_indented(&copy)
+            .map_err(|e| RepoError::Config(e.to_string()))?;
+        json.pop();
+        write_private_file(path, &json)
     }
 
     pub fn cache_directory(&self) -> Option<PathBuf> {
@@ -217,59 +218,6 @@ fn write_private_file(path: &Path, data: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         RepoError::Config(format!("cannot write {}: {e}", path.display()))
     })
-}
-
-/// Go's `json.MarshalIndent(v, "", "  ")`: two-space indent, `<>&` escaped, no trailing newline.
-pub fn go_indent_json(v: &Value) -> String {
-    let mut out = String::new();
-    write_indented(v, 0, &mut out);
-    out
-}
-
-fn write_indented(v: &Value, depth: usize, out: &mut String) {
-    let pad = |d: usize, out: &mut String| out.extend(std::iter::repeat_n("  ", d));
-    match v {
-        Value::Object(m) if !m.is_empty() => {
-            out.push_str("{\n");
-            for (i, (k, val)) in m.iter().enumerate() {
-                pad(depth + 1, out);
-                out.push_str(&go_escape(k));
-                out.push_str(": ");
-                write_indented(val, depth + 1, out);
-                if i + 1 < m.len() {
-                    out.push(',');
-                }
-                out.push('\n');
-            }
-            pad(depth, out);
-            out.push('}');
-        }
-        Value::Array(a) if !a.is_empty() => {
-            out.push_str("[\n");
-            for (i, val) in a.iter().enumerate() {
-                pad(depth + 1, out);
-                write_indented(val, depth + 1, out);
-                if i + 1 < a.len() {
-                    out.push(',');
-                }
-                out.push('\n');
-            }
-            pad(depth, out);
-            out.push(']');
-        }
-        Value::String(s) => out.push_str(&go_escape(s)),
-        other => out.push_str(&other.to_string()),
-    }
-}
-
-/// JSON string escaping as Go's encoder does it (HTML-safe: `<`, `>`, `&`, U+2028, U+2029).
-pub fn go_escape(s: &str) -> String {
-    let json = serde_json::to_string(s).unwrap_or_default();
-    json.replace('<', "\\u003c")
-        .replace('>', "\\u003e")
-        .replace('&', "\\u0026")
-        .replace('\u{2028}', "\\u2028")
-        .replace('\u{2029}', "\\u2029")
 }
 
 #[cfg(test)]
