@@ -89,7 +89,8 @@ fn kmover_writes_an_s3_repository_that_kopia_verifies_and_restores() {
     minio.create_bucket("interop");
     let dir = tempfile::tempdir().unwrap();
     let tree = dir.path().join("tree");
-    hard_tree(&tree, false, 300);
+    // The full snapshot-issue tree: 2.5 GiB sparse file, 5,000 small files.
+    hard_tree(&tree, true, 5000);
 
     let kmover = Kmover::new();
     let started = Instant::now();
