@@ -1960,6 +1960,11 @@ mod cron {
     }
 }
 
+/// A JSON string literal escaped as Go's encoder writes it.
+fn go_escape(s: &str) -> String {
+    String::from_utf8(kmover_format::gojson::to_vec(s).unwrap_or_default()).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2157,9 +2162,4 @@ mod tests {
             assert!(cron::validate(bad).is_err(), "{bad}");
         }
     }
-}
-
-/// A JSON string literal escaped as Go's encoder writes it.
-fn go_escape(s: &str) -> String {
-    String::from_utf8(kmover_format::gojson::to_vec(s).unwrap_or_default()).unwrap_or_default()
 }
