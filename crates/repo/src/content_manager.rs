@@ -367,11 +367,8 @@ impl ContentManager {
             return Err(e);
         }
         if !w.stored.is_empty() {
-            let session_id = w
-                .session
-                .as_ref()
-                .map(|s| s.info.id.clone())
-                .expect("stored entries imply a session");
+            // Deletions alone start no pack, hence no session yet: the index blob still needs one.
+            let session_id = self.ensure_session(w).await?;
             let mut builder = IndexBuilder::new();
             for e in &w.stored {
                 builder.add(e.clone());

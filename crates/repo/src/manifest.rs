@@ -90,8 +90,12 @@ impl ManifestManager {
         live: &BTreeMap<String, ManifestEntry>,
     ) -> Result<()> {
         let entries: Vec<ManifestEntry> = live.values().cloned().collect();
-        let new_id = self.write_entries(&entries).await?;
-        for id in old.iter().filter(|id| **id != new_id) {
+        // An empty document (`"entries":null`) is unreadable to kopia and to us: write none.
+        let new_id = match entries.is_empty() {
+            true => None,
+            false => Some(self.write_entries(&entries).await?),
+        };
+        for id in old.iter().filter(|id| Some(**id) != new_id) {
             self.contents.delete_content(id).await?;
         }
         self.contents.flush().await

@@ -80,3 +80,52 @@ async fn many_manifest_contents_are_compacted_into_one_and_nothing_is_lost() {
         b"{\"n\":5}"
     );
 }
+
+#[tokio::test]
+async fn compacting_a_store_whose_manifests_are_all_deleted_leaves_it_readable() {
+    let store: DynBlobStore = Arc::new(MemoryStore::new());
+    let opts = CreateOptions {
+        key_algorithm: KeyDerivationAlgorithm::Pbkdf2Sha256_600000,
+        ..Default::default()
+    };
+    Repository::create(store.clone(), &opts, "pw")
+        .await
+        .unwrap();
+    // 8 manifests and 8 tombstones in 16 contents; this instance loads only once (8 < 16).
+    let repo = open(&store).await;
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(
+            repo.manifests()
+                .put(labels("gone", n), b"{}".to_vec())
+                .await
+                .unwrap(),
+        );
+        repo.flush().await.unwrap();
+    }
+    for id in &ids {
+        repo.manifests().delete(id).await.unwrap();
+        repo.flush().await.unwrap();
+    }
+    assert_eq!(
+        manifest_contents(&repo.contents().list_contents(false).await),
+        16
+    );
+    // Loading 16 contents with nothing live compacts them away without writing an empty document.
+    let query: BTreeMap<String, String> = [("type".to_string(), "gone".to_string())].into();
+    let compacting = open(&store).await;
+    assert!(
+        compacting
+            .manifests()
+            .find(&query)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let after = open(&store).await;
+    assert_eq!(
+        manifest_contents(&after.contents().list_contents(false).await),
+        0
+    );
+    assert!(after.manifests().find(&query).await.unwrap().is_empty());
+}
