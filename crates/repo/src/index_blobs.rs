@@ -37,31 +37,8 @@ pub async fn current_write_epoch(store: &DynBlobStore) -> Result<u64> {
         .unwrap_or(0))
 }
 
-/// Groups blobs by a key and keeps, per key, the first complete set in listing order.
-fn first_complete_sets<K: Ord + Copy>(
-    blobs: Vec<BlobMetadata>,
-    key: impl Fn(&str) -> Option<K>,
-) -> BTreeMap<K, Vec<BlobMetadata>> {
-    let mut grouped: BTreeMap<K, Vec<BlobMetadata>> = BTreeMap::new();
-    for b in blobs {
-        if let Some(k) = key(&b.id) {
-            grouped.entry(k).or_default().push(b);
-        }
-    }
-    grouped
-        .into_iter()
-        .filter_map(|(k, group)| {
-            let ids: Vec<&str> = group.iter().map(|b| b.id.as_str()).collect();
-            let first = epoch::find_complete_sets(&ids).into_iter().next()?;
-            let chosen: HashSet<&str> = first.into_iter().collect();
-            let set: Vec<BlobMetadata> = group
-                .iter()
-                .filter(|b| chosen.contains(b.id.as_str()))
-                .cloned()
-                .collect();
-            Some((k, set))
-        })
-        .collect()
+fn blob_id(b: &BlobMetadata) -> &str {
+    &b.id
 }
 
 async fn epoch_active_set(store: &DynBlobStore) -> Result<ActiveIndexSet> {
@@ -80,22 +57,26 @@ async fn epoch_active_set(store: &DynBlobStore) -> Result<ActiveIndexSet> {
         .iter()
         .filter_map(|b| epoch::watermark_from_blob_id(&b.id))
         .max();
-    let singles = first_complete_sets(singles, epoch::epoch_number_from_blob_id);
-    let ranges = first_complete_sets(ranges, epoch::epoch_range_from_blob_id);
+    let singles = epoch::first_complete_set_per_epoch(&singles, blob_id);
+    let ranges: BTreeMap<(u64, u64), Vec<&BlobMetadata>> =
+        epoch::first_complete_set_per_range(&ranges, blob_id)
+            .into_iter()
+            .map(|r| ((r.min_epoch, r.max_epoch), r.blobs))
+            .collect();
 
     let range_keys: Vec<(u64, u64)> = ranges.keys().copied().collect();
     let mut blobs = Vec::new();
     let mut start = 0u64;
     for (min, max) in epoch::longest_range_chain(&range_keys) {
         if max > start {
-            blobs.extend(ranges[&(min, max)].iter().cloned());
+            blobs.extend(ranges[&(min, max)].iter().map(|b| (*b).clone()));
             start = max + 1;
         }
     }
     let settled = |e: u64| e + 2 <= write_epoch;
     for e in start..=write_epoch + 1 {
         match singles.get(&e) {
-            Some(set) if settled(e) => blobs.extend(set.iter().cloned()),
+            Some(set) if settled(e) => blobs.extend(set.iter().map(|b| (*b).clone())),
             _ => blobs.extend(store.list(&epoch::uncompacted_index_prefix(e)).await?),
         }
     }

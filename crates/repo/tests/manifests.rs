@@ -17,6 +17,19 @@ fn labels(kind: &str, n: usize) -> BTreeMap<String, String> {
     .into()
 }
 
+/// An empty repository on the memory store (pbkdf2: tests open it many times).
+async fn new_store() -> DynBlobStore {
+    let store: DynBlobStore = Arc::new(MemoryStore::new());
+    let opts = CreateOptions {
+        key_algorithm: KeyDerivationAlgorithm::Pbkdf2Sha256_600000,
+        ..Default::default()
+    };
+    Repository::create(store.clone(), &opts, "pw")
+        .await
+        .unwrap();
+    store
+}
+
 async fn open(store: &DynBlobStore) -> Repository {
     Repository::open(store.clone(), "pw", Default::default())
         .await
@@ -31,14 +44,7 @@ fn manifest_contents(list: &[kmover_format::index::IndexEntry]) -> usize {
 
 #[tokio::test]
 async fn many_manifest_contents_are_compacted_into_one_and_nothing_is_lost() {
-    let store: DynBlobStore = Arc::new(MemoryStore::new());
-    let opts = CreateOptions {
-        key_algorithm: KeyDerivationAlgorithm::Pbkdf2Sha256_600000,
-        ..Default::default()
-    };
-    Repository::create(store.clone(), &opts, "pw")
-        .await
-        .unwrap();
+    let store = new_store().await;
     let repo = open(&store).await;
     let mut ids = Vec::new();
     for n in 0..17 {
@@ -83,14 +89,7 @@ async fn many_manifest_contents_are_compacted_into_one_and_nothing_is_lost() {
 
 #[tokio::test]
 async fn compacting_a_store_whose_manifests_are_all_deleted_leaves_it_readable() {
-    let store: DynBlobStore = Arc::new(MemoryStore::new());
-    let opts = CreateOptions {
-        key_algorithm: KeyDerivationAlgorithm::Pbkdf2Sha256_600000,
-        ..Default::default()
-    };
-    Repository::create(store.clone(), &opts, "pw")
-        .await
-        .unwrap();
+    let store = new_store().await;
     // 8 manifests and 8 tombstones in 16 contents; this instance loads only once (8 < 16).
     let repo = open(&store).await;
     let mut ids = Vec::new();

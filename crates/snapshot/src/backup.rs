@@ -569,15 +569,7 @@ async fn upload_entry(
             let result = if kind == EntryType::Symlink {
                 upload_symlink(&ctx, &item.path).await
             } else {
-                let compression = ctx
-                    .policy
-                    .compression
-                    .compressor_for_file(&item.name, size)
-                    .to_string();
-                let ctx2 = FileCtx {
-                    compression: compression_id(&compression),
-                };
-                upload_file_with(&ctx, &item.path, &item.meta, ctx2).await
+                upload_file(&ctx, &item.path, &item.meta).await
             };
             match result {
                 Ok((oid, read)) => {
@@ -611,10 +603,6 @@ async fn upload_entry(
     }
 }
 
-struct FileCtx {
-    compression: Option<u32>,
-}
-
 async fn upload_symlink(ctx: &Ctx, path: &Path) -> Result<(ObjectId, i64)> {
     let target = tokio::fs::read_link(path)
         .await
@@ -630,34 +618,14 @@ async fn upload_symlink(ctx: &Ctx, path: &Path) -> Result<(ObjectId, i64)> {
     Ok((oid, bytes.len() as i64))
 }
 
-/// Uploads the snapshot root when it is a single file (policy compression by its name).
+/// Uploads one file, compressed as the policy says for its name and size.
 async fn upload_file(ctx: &Ctx, path: &Path, meta: &std::fs::Metadata) -> Result<(ObjectId, i64)> {
-    let name = path
-        .file_name()
-        .map(|n| n.as_bytes().to_vec())
-        .unwrap_or_default();
-    let compression = ctx
-        .policy
-        .compression
-        .compressor_for_file(&name, meta.len() as i64)
-        .to_string();
-    upload_file_with(
-        ctx,
-        path,
-        meta,
-        FileCtx {
-            compression: compression_id(&compression),
-        },
-    )
-    .await
-}
-
-async fn upload_file_with(
-    ctx: &Ctx,
-    path: &Path,
-    meta: &std::fs::Metadata,
-    fctx: FileCtx,
-) -> Result<(ObjectId, i64)> {
+    let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
+    let compression = compression_id(
+        ctx.policy
+            .compression
+            .compressor_for_file(name, meta.len() as i64),
+    );
     let _permit = ctx
         .file_reads
         .acquire()
@@ -667,7 +635,7 @@ async fn upload_file_with(
     let part_size = ctx.parallel_upload_above;
     let opts = ObjectWriterOptions {
         prefix: None,
-        compression: fctx.compression,
+        compression,
         metadata_compression: ctx.metadata_compression,
         splitter: ctx.splitter.clone(),
         parallelism: ctx.parallel.max(2),
