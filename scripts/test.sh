@@ -72,13 +72,22 @@ run_fmt() {
 }
 
 run_clippy() {
-    step "cargo clippy --workspace --all-targets -- -D warnings"
+    step "cargo clippy --workspace --all-targets (without and with kmover/testing) -- -D warnings"
     cargo clippy --workspace --all-targets --locked -- -D warnings
+    # The `testing` feature (fake clock shared with kopia -tags testing) is what the tests use.
+    cargo clippy --workspace --all-targets --locked --features kmover/testing -- -D warnings
 }
 
 run_tests() {
-    step "cargo test --workspace"
-    cargo test --workspace --locked --no-fail-fast
+    step "cargo test --workspace --features kmover/testing"
+    cargo test --workspace --locked --no-fail-fast --features kmover/testing
+}
+
+# The container image: built with buildah from a static binary, then its entrypoint backs up
+# and restores a simulated VolSync job (also installs jq and strace for the mover tests).
+run_image_build() {
+    step "Container image (scripts/build-image.sh)"
+    "$ROOT/scripts/build-image.sh"
 }
 
 # Makes nightly and cargo-fuzz available; returns non-zero (after saying why)
@@ -133,6 +142,8 @@ run_fuzz_smoke() {
         scratch="$(mktemp -d)"
         seeds=()
         [[ -d "fuzz/corpus/$target" ]] && seeds=("fuzz/corpus/$target")
+        # Inputs that once crashed a target: every target replays them all first.
+        [[ -d fuzz/regressions ]] && seeds+=("fuzz/regressions")
         echo "--- fuzz $target"
         if ! cargo "+$FUZZ_TOOLCHAIN" fuzz run "$target" "$scratch" "${seeds[@]}" -- \
             -max_total_time="$FUZZ_SECONDS" -rss_limit_mb=2048 -print_final_stats=1; then
@@ -153,6 +164,7 @@ main() {
     install_minio
     run_fmt
     run_clippy
+    run_image_build
     run_tests
     run_fuzz_smoke
     step "All checks passed"

@@ -37,6 +37,34 @@ pub struct GlobalArgs {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, global = true, default_value = "warn")]
     pub log_level: String,
+    /// Log format on stderr: `text`, or `json` (one JSON object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "KMOVER_LOG_FORMAT"
+    )]
+    pub log_format: crate::logging::LogFormat,
+    /// kopia's spelling of `--log-format=json`.
+    #[arg(long, global = true, hide = true)]
+    pub json_log_console: bool,
+    /// Show no progress (neither the bar nor the periodic lines).
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// How often progress is shown: redraws of the bar on a terminal (default 300ms), log lines
+    /// otherwise (default 5s). E.g. `500ms`, `30s`.
+    #[arg(long, global = true, value_parser = parse_duration)]
+    pub progress_update_interval: Option<std::time::Duration>,
+    /// Write run metrics to this node-exporter textfile (merged with the series already there).
+    #[arg(long, global = true, env = "KMOVER_METRICS_TEXTFILE")]
+    pub metrics_textfile: Option<PathBuf>,
+    /// Push run metrics to this Prometheus Pushgateway, e.g. `http://pushgateway:9091`.
+    #[arg(long, global = true, env = "KMOVER_METRICS_PUSH_URL")]
+    pub metrics_push_url: Option<String>,
+    /// The `job` label of pushed metrics.
+    #[arg(long, global = true, default_value = "kmover")]
+    pub metrics_job: String,
 }
 
 #[derive(Subcommand, Debug)]
@@ -54,7 +82,7 @@ pub enum Command {
     #[command(subcommand)]
     Blob(BlobCommand),
     /// Commands to manipulate snapshots.
-    #[command(subcommand)]
+    #[command(subcommand, alias = "snap")]
     Snapshot(SnapshotCommand),
     /// Restore a directory or file from a snapshot.
     Restore(RestoreArgs),
@@ -74,6 +102,11 @@ pub enum Command {
     /// Commands to manipulate snapshotting policies.
     #[command(subcommand, alias = "policies")]
     Policy(PolicyCommand),
+    /// Maintenance commands.
+    #[command(subcommand)]
+    Maintenance(crate::commands::maintenance::MaintenanceCommand),
+    /// Answer "is there a backup of {namespace}/{pvc}?" over HTTP (a pvc-plumber replacement).
+    Serve(ServeArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,7 +138,7 @@ pub enum StorageCreate {
     /// Create a repository in an S3 bucket.
     S3 {
         #[command(flatten)]
-        storage: S3Args,
+        storage: Box<S3Args>,
         #[command(flatten)]
         format: CreateFormatArgs,
     },
@@ -121,7 +154,7 @@ pub enum StorageConnect {
     /// Connect to a repository in an S3 bucket.
     S3 {
         #[command(flatten)]
-        storage: S3Args,
+        storage: Box<S3Args>,
     },
 }
 
@@ -133,6 +166,55 @@ pub struct FilesystemArgs {
     /// Use a flat directory structure.
     #[arg(long)]
     pub flat: bool,
+    #[command(flatten)]
+    pub connect: ConnectOptions,
+}
+
+/// kopia's connect options; `repository create` takes them too, as it connects.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Hostname recorded for this client instead of the machine's.
+    #[arg(long)]
+    pub override_hostname: Option<String>,
+    /// Username recorded for this client instead of the current user's.
+    #[arg(long)]
+    pub override_username: Option<String>,
+    /// Do not store the password with the connection; later commands need KOPIA_PASSWORD.
+    #[arg(long, overrides_with = "persist_credentials")]
+    pub no_persist_credentials: bool,
+    /// Store the password with the connection (default; KOPIA_PERSIST_CREDENTIALS_ON_CONNECT).
+    #[arg(long, overrides_with = "no_persist_credentials")]
+    pub persist_credentials: bool,
+    /// Make the connection read-only.
+    #[arg(long)]
+    pub readonly: bool,
+    /// Human-readable description of the repository.
+    #[arg(long)]
+    pub description: Option<String>,
+}
+
+impl ConnectOptions {
+    /// The flags first, then `KOPIA_PERSIST_CREDENTIALS_ON_CONNECT`, then kopia's default (yes).
+    pub fn persist_password(&self) -> bool {
+        if self.no_persist_credentials || self.persist_credentials {
+            return self.persist_credentials;
+        }
+        std::env::var("KOPIA_PERSIST_CREDENTIALS_ON_CONNECT")
+            .map_or(true, |v| !matches!(v.trim(), "false" | "0" | "no"))
+    }
+
+    pub fn apply(&self, cfg: &mut kmover_repo::local_config::LocalConfig) {
+        if let Some(h) = &self.override_hostname {
+            cfg.hostname = h.clone();
+        }
+        if let Some(u) = &self.override_username {
+            cfg.username = u.clone();
+        }
+        if let Some(d) = &self.description {
+            cfg.description = d.clone();
+        }
+        cfg.readonly |= self.readonly;
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -156,6 +238,12 @@ pub struct CreateFormatArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ContentCommand {
+    /// Content statistics.
+    Stats {
+        /// Raw numbers.
+        #[arg(long, short = 'r')]
+        raw: bool,
+    },
     /// List contents.
     #[command(alias = "ls")]
     List {
@@ -231,6 +319,8 @@ pub enum SnapshotCommand {
     },
     /// Remove old snapshots according to defined expiration policies.
     Expire(crate::commands::snapshot_expire::ExpireArgs),
+    /// Add or remove pins preventing snapshot deletion.
+    Pin(crate::commands::snapshot_pin::PinArgs),
     /// Verify the contents of stored snapshots.
     Verify {
         /// Snapshot IDs (default: all).
@@ -238,7 +328,41 @@ pub enum SnapshotCommand {
         /// Randomly verify a percentage of files by reading them fully.
         #[arg(long, default_value_t = 0.0)]
         verify_files_percent: f64,
+        /// Print the result as JSON (kopia's verifier result).
+        #[arg(long)]
+        json: bool,
     },
+    /// Whether a source has a complete snapshot: exit 0 yes, 1 no, 3 cannot tell.
+    Exists(ExistsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExistsArgs {
+    /// `user@host:/path`, or `user@host` for any path.
+    #[arg(long)]
+    pub source: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:8080", env = "KMOVER_SERVE_LISTEN")]
+    pub listen: String,
+    /// The snapshot source checked for `/exists/{namespace}/{pvc}`.
+    #[arg(
+        long,
+        default_value = "{pvc}-backup@{namespace}:/data",
+        env = "KMOVER_IDENTITY_TEMPLATE"
+    )]
+    pub identity_template: String,
+    /// How long one reading of the repository's snapshot list is reused (`0s`: never).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub cache_ttl: std::time::Duration,
+    /// Longest a check may take before it answers `unknown`.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub request_timeout: std::time::Duration,
 }
 
 #[derive(Args, Debug)]
@@ -320,6 +444,9 @@ pub struct RestoreArgs {
     /// With a source path: the latest snapshot at or before this time (`latest` by default).
     #[arg(long, default_value = "latest")]
     pub snapshot_time: String,
+    /// Print the restore statistics as JSON (kopia's restore stats).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -624,6 +751,8 @@ pub struct S3Args {
     /// Certificate authority file path.
     #[arg(long)]
     pub root_ca_pem_path: Option<PathBuf>,
+    #[command(flatten)]
+    pub connect: ConnectOptions,
 }
 
 /// By hand, so that the secret key and session token never reach a debug print.

@@ -97,11 +97,19 @@ pub async fn open_connected(global: &GlobalArgs) -> anyhow::Result<Connected> {
     let config_path = config_path(global);
     let config = LocalConfig::load(&config_path)?;
     let password = password(global, &config_path)?;
-    let store = open_store(&config).await?;
+    // Counted for the read/written metrics of backup, restore, verify and maintenance.
+    let store = open_store(&config)
+        .await
+        .with_context(|| format!("the storage of connection file {}", config_path.display()))?;
+    #[cfg(feature = "testing")]
+    let store = crate::storage_clock::wrap(store, &config, crate::clock::clock()).await;
+    let store = crate::metrics::count_io(store);
+    #[cfg(feature = "testing")]
+    let store = crate::crash_hook::wrap(store);
     let opts = OpenOptions {
+        clock: crate::clock::clock(),
         username: config.username.clone(),
         hostname: config.hostname.clone(),
-        ..Default::default()
     };
     let repo = Repository::open(store, &password, opts).await?;
     Ok(Connected {
@@ -135,9 +143,14 @@ pub fn s3_config_from_args(args: &crate::cli::S3Args) -> anyhow::Result<kmover_b
     if let Some(path) = &args.root_ca_pem_path {
         config.root_ca_pem = std::fs::read(path)
             .with_context(|| format!("error opening root-ca-pem-path {}", path.display()))?;
+        kmover_blob::s3::check_root_ca_pem(&config.root_ca_pem).with_context(|| {
+            format!("invalid CA bundle in --root-ca-pem-path {}", path.display())
+        })?;
     } else if let Some(encoded) = &args.root_ca_pem_base64 {
         config.root_ca_pem = kmover_blob::s3::decode_root_ca_base64(encoded)
-            .context("unable to decode CA (--root-ca-pem-base64)")?;
+            .context("unable to decode CA (--root-ca-pem-base64 or ROOT_CA_PEM_BASE64)")?;
+        kmover_blob::s3::check_root_ca_pem(&config.root_ca_pem)
+            .context("invalid CA bundle in --root-ca-pem-base64 (or ROOT_CA_PEM_BASE64)")?;
     }
     Ok(config)
 }

@@ -2,25 +2,74 @@
 //! renders results; the work happens in the kmover-* crates.
 
 mod cli;
+mod clock;
 mod commands;
 mod connection;
+#[cfg(feature = "testing")]
+mod crash_hook;
+mod exit_code;
+#[cfg(feature = "testing")]
+mod fake_clock;
 mod identity;
+mod logging;
+mod metrics;
 mod output;
 mod progress;
+mod serve;
+#[cfg(feature = "testing")]
+mod storage_clock;
 mod timespec;
+mod volsync;
 
 use std::process::ExitCode;
 
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KMOVER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args.global.log_level.as_str()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Before parsing, so that even `--version` shows whether a crash is armed.
+    #[cfg(feature = "testing")]
+    if let Err(e) = crash_hook::arm_from_env() {
+        eprintln!("ERROR {e:#}");
+        return ExitCode::FAILURE;
+    }
+    // Every role below (mover, kopia, kmover) reads the same clock.
+    if let Err(e) = clock::install() {
+        eprintln!("ERROR {e:#}");
+        return ExitCode::FAILURE;
+    }
+    // Run as /mover-kopia/entry.sh or as kopia (links in the image), kmover plays those roles.
+    let args = match volsync::entry_point() {
+        volsync::EntryPoint::Mover => return volsync::mover_main(),
+        volsync::EntryPoint::Kopia => match volsync::parse_kopia_args() {
+            Ok(args) => args,
+            Err(code) => return code,
+        },
+        volsync::EntryPoint::Kmover => cli::Cli::parse(),
+    };
+    let global = &args.global;
+    let log_format = match global.json_log_console {
+        true => logging::LogFormat::Json,
+        false => global.log_format,
+    };
+    if let Err(e) = logging::init(&global.log_level, log_format) {
+        logging::fatal(&e);
+        return ExitCode::from(exit_code::USAGE);
+    }
+    progress::configure(progress::ProgressConfig {
+        enabled: !global.no_progress,
+        interval: global.progress_update_interval,
+    });
+    match metrics::Targets::new(
+        global.metrics_textfile.clone(),
+        global.metrics_push_url.clone(),
+        &global.metrics_job,
+    ) {
+        Ok(targets) => metrics::configure(targets),
+        Err(e) => {
+            logging::fatal(&format!("{e:#}"));
+            return ExitCode::from(exit_code::USAGE);
+        }
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -32,11 +81,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(commands::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("ERROR {e:#}");
-            ExitCode::FAILURE
-        }
+    let result = runtime.block_on(commands::run(args));
+    if let Err(e) = &result
+        && !e.chain().any(|cause| cause.is::<exit_code::Exit>())
+    {
+        logging::fatal(&format!("{e:#}"));
     }
+    ExitCode::from(exit_code::for_result(&result))
 }

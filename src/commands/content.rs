@@ -61,6 +61,7 @@ pub async fn run(global: &GlobalArgs, cmd: ContentCommand) -> anyhow::Result<()>
     let c = connection::open_connected(global).await?;
     let contents = c.repo.contents();
     match cmd {
+        ContentCommand::Stats { raw } => super::content_stats::run(contents, raw).await,
         ContentCommand::List {
             json,
             long,

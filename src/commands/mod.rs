@@ -2,11 +2,15 @@
 
 mod blob;
 mod content;
+mod content_stats;
+pub mod exists;
 mod index;
-mod policy;
+pub mod maintenance;
+pub(crate) mod policy;
 mod repository;
 mod snapshot;
 pub mod snapshot_expire;
+pub mod snapshot_pin;
 
 use crate::cli::{Cli, Command};
 
@@ -22,5 +26,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ls { path, long } => snapshot::ls(global, &path, long).await,
         Command::Show { path } => snapshot::show(global, &path).await,
         Command::Policy(cmd) => policy::run(global, cmd).await,
+        Command::Maintenance(cmd) => maintenance::run(global, cmd).await,
+        Command::Serve(args) => crate::serve::run(global, args).await,
     }
 }

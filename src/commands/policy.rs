@@ -39,16 +39,7 @@ pub async fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<()> 
         }
         PolicyCommand::Set(args) => {
             for target in policy_targets(repo, &args.targets, host, user).await? {
-                let mut policy = defined_policy(repo, &target).await?.unwrap_or_default();
-                eprintln!("Setting policy for {target}");
-                let mut changes = Changes::default();
-                apply_flags(&args, &mut policy, &mut changes)?;
-                if changes.0 == 0 {
-                    bail!("no changes specified");
-                }
-                set_policy(repo, &target, &policy)
-                    .await
-                    .with_context(|| format!("can't save policy for {target}"))?;
+                set_from_flags(repo, &target, &args).await?;
             }
             repo.flush().await?;
             Ok(())
@@ -66,6 +57,25 @@ pub async fn run(global: &GlobalArgs, cmd: PolicyCommand) -> anyhow::Result<()> 
             Ok(())
         }
     }
+}
+
+/// `policy set` on one target (the flags' own targets are ignored); the caller flushes.
+pub(crate) async fn set_from_flags(
+    repo: &Repository,
+    target: &SourceInfo,
+    args: &PolicySetArgs,
+) -> anyhow::Result<()> {
+    let mut policy = defined_policy(repo, target).await?.unwrap_or_default();
+    eprintln!("Setting policy for {target}");
+    let mut changes = Changes::default();
+    apply_flags(args, &mut policy, &mut changes)?;
+    if changes.0 == 0 {
+        bail!("no changes specified");
+    }
+    set_policy(repo, target, &policy)
+        .await
+        .with_context(|| format!("can't save policy for {target}"))?;
+    Ok(())
 }
 
 async fn list(repo: &Repository, json: bool) -> anyhow::Result<()> {
@@ -1268,7 +1278,7 @@ impl Table<'_> {
 
 /// Go standard-library behaviours kopia's CLI inherits: number, bool and duration syntax, the
 /// `fmt.Sscanf("%v:%02v")` time-of-day reader, space-separated CSV, and byte-size display.
-mod go {
+pub(crate) mod go {
     pub const NANOS_PER_SECOND: i64 = 1_000_000_000;
 
     /// `strconv.ParseInt(s, 10, bits)`: optional sign, ASCII digits, range-checked.

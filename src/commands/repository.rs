@@ -41,18 +41,19 @@ pub async fn run(global: &GlobalArgs, cmd: RepositoryCommand) -> anyhow::Result<
             };
             let store: DynBlobStore = Arc::new(FilesystemStore::create(&path, mode).await?);
             Repository::create(store.clone(), &opts, &password).await?;
-            let (_, cfg) = connection::new_filesystem_config(global, &path);
+            let (_, mut cfg) = connection::new_filesystem_config(global, &path);
+            storage.connect.apply(&mut cfg);
             let repo = Repository::open(store.clone(), &password, open_options(&cfg)).await?;
             let owner = format!("{}@{}", cfg.username, cfg.hostname);
             kmover_snapshot::repository_setup::initialize_manifests(&repo, &owner).await?;
             eprintln!("Initialized repository at {}", path.display());
-            connect(global, &path, store, &password).await
+            connect(global, &path, &storage.connect, store, &password).await
         }
         RepositoryCommand::Connect(StorageConnect::Filesystem { storage }) => {
             let path = connection::absolute(storage.path);
             let password = connection::required_password(global)?;
             let store: DynBlobStore = Arc::new(FilesystemStore::open(&path).await?);
-            connect(global, &path, store, &password).await
+            connect(global, &path, &storage.connect, store, &password).await
         }
         RepositoryCommand::Create(StorageCreate::S3 { storage, format }) => {
             let opts = create_options(&format)?;
@@ -67,19 +68,23 @@ pub async fn run(global: &GlobalArgs, cmd: RepositoryCommand) -> anyhow::Result<
                 );
             }
             Repository::create(store.clone(), &opts, &password).await?;
-            let (config_path, cfg) = connection::new_s3_config(global, &s3);
+            let (config_path, mut cfg) = connection::new_s3_config(global, &s3);
+            storage.connect.apply(&mut cfg);
             let repo = Repository::open(store.clone(), &password, open_options(&cfg)).await?;
             let owner = format!("{}@{}", cfg.username, cfg.hostname);
             kmover_snapshot::repository_setup::initialize_manifests(&repo, &owner).await?;
             eprintln!("Initialized repository at {}", store.describe());
-            save_connection(&config_path, cfg, store, &password).await
+            let persist = storage.connect.persist_password();
+            save_connection(&config_path, cfg, store, &password, persist).await
         }
         RepositoryCommand::Connect(StorageConnect::S3 { storage }) => {
             let password = connection::required_password(global)?;
             let s3 = connection::s3_config_from_args(&storage)?;
             let store = connection::s3_store(s3.clone())?;
-            let (config_path, cfg) = connection::new_s3_config(global, &s3);
-            save_connection(&config_path, cfg, store, &password).await
+            let (config_path, mut cfg) = connection::new_s3_config(global, &s3);
+            storage.connect.apply(&mut cfg);
+            let persist = storage.connect.persist_password();
+            save_connection(&config_path, cfg, store, &password, persist).await
         }
         RepositoryCommand::Disconnect => {
             let config_path = connection::config_path(global);
@@ -112,11 +117,13 @@ fn create_options(f: &CreateFormatArgs) -> anyhow::Result<CreateOptions> {
 async fn connect(
     global: &GlobalArgs,
     path: &std::path::Path,
+    options: &crate::cli::ConnectOptions,
     store: DynBlobStore,
     password: &str,
 ) -> anyhow::Result<()> {
-    let (config_path, cfg) = connection::new_filesystem_config(global, path);
-    save_connection(&config_path, cfg, store, password).await
+    let (config_path, mut cfg) = connection::new_filesystem_config(global, path);
+    options.apply(&mut cfg);
+    save_connection(&config_path, cfg, store, password, options.persist_password()).await
 }
 
 /// Opens the repository once to check the password, then writes the connection file.
@@ -125,24 +132,31 @@ async fn save_connection(
     cfg: LocalConfig,
     store: DynBlobStore,
     password: &str,
+    persist_password: bool,
 ) -> anyhow::Result<()> {
-    let opts = OpenOptions {
-        username: cfg.username.clone(),
-        hostname: cfg.hostname.clone(),
-        ..Default::default()
-    };
-    Repository::open(store, password, opts).await?;
+    Repository::open(store, password, open_options(&cfg)).await?;
     cfg.save(config_path)?;
-    local_config::save_password(config_path, password)?;
+    if persist_password {
+        local_config::save_password(config_path, password)?;
+    } else {
+        // A password left by an earlier connection must not outlive this one.
+        let stale = local_config::password_file_path(config_path);
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("cannot remove {}", stale.display()));
+            }
+            _ => {}
+        }
+    }
     eprintln!("Connected to repository.");
     Ok(())
 }
 
 fn open_options(cfg: &LocalConfig) -> OpenOptions {
     OpenOptions {
+        clock: crate::clock::clock(),
         username: cfg.username.clone(),
         hostname: cfg.hostname.clone(),
-        ..Default::default()
     }
 }
 

@@ -20,8 +20,11 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod crash;
+pub mod fake_clock;
 pub mod minio;
 pub mod tree;
+pub mod volsync;
 
 /// Password of every repository the tests create.
 pub const PASSWORD: &str = "kmover-test-password";

@@ -136,6 +136,30 @@ fn config_error(message: impl Into<String>) -> BlobError {
     BlobError::Other(format!("S3 configuration: {}", message.into()))
 }
 
+/// The certificates of a PEM bundle; an unreadable bundle, or one without a certificate, is an
+/// error saying why (the TLS library's own message is only "builder error").
+fn root_certificates(pem: &[u8]) -> Result<Vec<reqwest::Certificate>> {
+    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|e| {
+        let mut why = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            why = format!("{why}: {cause}");
+            source = cause.source();
+        }
+        config_error(format!("cannot parse the root CA PEM: {why}"))
+    })?;
+    if certs.is_empty() {
+        return Err(config_error("the root CA PEM holds no certificate"));
+    }
+    Ok(certs)
+}
+
+/// Checks a root CA bundle the way [`S3Store::new`] reads it, so a bad one can be reported
+/// against the flag or file it came from before any request.
+pub fn check_root_ca_pem(pem: &[u8]) -> Result<()> {
+    root_certificates(pem).map(|_| ())
+}
+
 impl S3Config {
     pub fn new(bucket: impl Into<String>, endpoint: impl Into<String>) -> Self {
         S3Config {
@@ -388,12 +412,7 @@ impl S3Store {
                 .tls_danger_accept_invalid_certs(true)
                 .tls_danger_accept_invalid_hostnames(true);
         } else if !config.root_ca_pem.is_empty() {
-            let certs = reqwest::Certificate::from_pem_bundle(&config.root_ca_pem)
-                .map_err(|e| config_error(format!("cannot parse the root CA PEM: {e}")))?;
-            if certs.is_empty() {
-                return Err(config_error("the root CA PEM holds no certificate"));
-            }
-            builder = builder.tls_certs_only(certs);
+            builder = builder.tls_certs_only(root_certificates(&config.root_ca_pem)?);
         }
         let client = builder
             .build()

@@ -21,11 +21,26 @@ pub fn encrypt_blob(
     data: &[u8],
     nonce: [u8; NONCE_LEN],
 ) -> (String, Vec<u8>) {
+    let mut owned = Vec::with_capacity(data.len() + crate::encryption::OVERHEAD);
+    owned.extend_from_slice(data);
+    encrypt_blob_in_place(hasher, enc, prefix, suffix, owned, nonce)
+}
+
+/// [`encrypt_blob`] inside the plaintext's own buffer (give it [`crate::encryption::OVERHEAD`]
+/// bytes of spare capacity and a large index blob is never held twice).
+pub fn encrypt_blob_in_place(
+    hasher: &Hasher,
+    enc: &ContentEncryptor,
+    prefix: &str,
+    suffix: &str,
+    data: Vec<u8>,
+    nonce: [u8; NONCE_LEN],
+) -> (String, Vec<u8>) {
     assert!(
         !prefix.contains('-'),
         "blob prefix {prefix:?} must not contain '-'"
     );
-    let hash = hasher.hash(data);
+    let hash = hasher.hash(&data);
     let mut blob_id =
         String::with_capacity(prefix.len() + 2 * hash.as_bytes().len() + 1 + suffix.len());
     blob_id.push_str(prefix);
@@ -34,15 +49,26 @@ pub fn encrypt_blob(
         blob_id.push('-');
         blob_id.push_str(suffix);
     }
-    // Every hash is at least 16 bytes, so the IV is simply its tail, exactly as parsed back.
     let iv = &hash.as_bytes()[hash.as_bytes().len() - IV_LEN..];
-    (blob_id, enc.encrypt(data, iv, nonce))
+    // Every hash is at least 16 bytes, so the IV is simply its tail, exactly as parsed back.
+    let body = enc.encrypt_in_place(data, iv, nonce);
+    (blob_id, body)
 }
 
 /// Decrypts a blob-crypto body, recomputing its IV from the blob ID.
 pub fn decrypt_blob(enc: &ContentEncryptor, blob_id: &str, data: &[u8]) -> Result<Vec<u8>> {
     let iv = iv_from_blob_id(blob_id)?;
     enc.decrypt(data, &iv)
+}
+
+/// [`decrypt_blob`] inside the blob's own buffer (no second copy of a large index blob).
+pub fn decrypt_blob_in_place(
+    enc: &ContentEncryptor,
+    blob_id: &str,
+    data: Vec<u8>,
+) -> Result<Vec<u8>> {
+    let iv = iv_from_blob_id(blob_id)?;
+    enc.decrypt_in_place(data, &iv)
 }
 
 /// The last 32 hex digits before the first `-` of the blob ID, decoded.
@@ -91,6 +117,15 @@ mod tests {
         let (plain_id, body) = encrypt_blob(&h, &e, "n", "", b"", [1; 12]);
         assert_eq!(plain_id, format!("n{}", h.hash(b"").to_hex()));
         assert_eq!(decrypt_blob(&e, &plain_id, &body).unwrap(), b"");
+        // The owned variants give the same names and bodies.
+        let (owned_id, owned_body) =
+            encrypt_blob_in_place(&h, &e, "xn0_", "s1-c1", b"payload".to_vec(), [1; 12]);
+        let (id2, body2) = encrypt_blob(&h, &e, "xn0_", "s1-c1", b"payload", [1; 12]);
+        assert_eq!((&owned_id, &owned_body), (&id2, &body2));
+        assert_eq!(
+            decrypt_blob_in_place(&e, &owned_id, owned_body).unwrap(),
+            b"payload"
+        );
     }
 
     #[test]

@@ -174,6 +174,49 @@ impl ContentEncryptor {
         }
         Ok(())
     }
+
+    /// [`ContentEncryptor::encrypt`] inside the plaintext's own buffer: with
+    /// [`OVERHEAD`] bytes of spare capacity a large payload is never held twice.
+    pub fn encrypt_in_place(
+        &self,
+        mut data: Vec<u8>,
+        iv: &[u8],
+        nonce: [u8; NONCE_LEN],
+    ) -> Vec<u8> {
+        let tag = self
+            .key_for(iv)
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(iv),
+                &mut data,
+            )
+            .expect("sealing an in-memory buffer cannot fail");
+        data.extend_from_slice(tag.as_ref());
+        data.splice(0..0, nonce);
+        data
+    }
+
+    /// Opens `nonce || ciphertext || tag` inside its own buffer, which becomes the plaintext:
+    /// a large payload (an index blob of millions of entries) is never held twice.
+    pub fn decrypt_in_place(&self, mut data: Vec<u8>, iv: &[u8]) -> Result<Vec<u8>> {
+        if data.len() < OVERHEAD {
+            return Err(FormatError::Decrypt(format!(
+                "ciphertext too short: {} bytes",
+                data.len()
+            )));
+        }
+        let nonce =
+            Nonce::try_assume_unique_for_key(&data[..NONCE_LEN]).expect("nonce is 12 bytes");
+        let len = self
+            .key_for(iv)
+            .open_within(nonce, Aad::from(iv), &mut data, NONCE_LEN..)
+            .map_err(|_| {
+                FormatError::Decrypt(format!("{} authentication failed", self.algorithm.name()))
+            })?
+            .len();
+        data.truncate(len);
+        Ok(data)
+    }
 }
 
 /// Plain AES-256-GCM under a fixed key, as kopia uses for the format blob, `kopia.blobcfg` and
@@ -326,6 +369,17 @@ mod tests {
             }
             let empty = e.encrypt(b"", &iv, [2; 12]);
             assert_eq!(e.decrypt(&empty, &iv).unwrap(), b"");
+            let good = e.encrypt(b"some data", &iv, [1; 12]);
+            let mut plain = Vec::with_capacity(9 + OVERHEAD);
+            plain.extend_from_slice(b"some data");
+            let start = plain.as_ptr();
+            let sealed = e.encrypt_in_place(plain, &iv, [1; 12]);
+            assert_eq!(sealed, good);
+            assert_eq!(sealed.as_ptr(), start, "no second buffer");
+            assert_eq!(e.decrypt_in_place(good.clone(), &iv).unwrap(), b"some data");
+            assert!(e.decrypt_in_place(good, &[8u8; 16]).is_err(), "wrong IV");
+            assert!(e.decrypt_in_place(ct.clone(), &iv).is_err(), "tampered");
+            assert!(e.decrypt_in_place(vec![0; OVERHEAD - 1], &iv).is_err());
         }
     }
 

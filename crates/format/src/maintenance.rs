@@ -33,7 +33,11 @@ pub struct MaintenanceSchedule {
     )]
     pub next_quick_maintenance: DateTime<Utc>,
     /// Runs per task name (e.g. `snapshot-gc`), newest first. Go sorts map keys, as a BTreeMap does.
-    #[serde(default, deserialize_with = "null_as_empty")]
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        serialize_with = "empty_as_null"
+    )]
     pub runs: BTreeMap<String, Vec<RunInfo>>,
     /// Keys this version does not know, written back unchanged.
     #[serde(flatten)]
@@ -91,6 +95,18 @@ fn null_as_empty<'de, D: Deserializer<'de>, T: Deserialize<'de> + Default>(
     d: D,
 ) -> std::result::Result<T, D::Error> {
     Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// Go marshals the history kopia never recorded into (a nil map) as `null`.
+fn empty_as_null<S: serde::Serializer>(
+    runs: &BTreeMap<String, Vec<RunInfo>>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    if runs.is_empty() {
+        s.serialize_none()
+    } else {
+        runs.serialize(s)
+    }
 }
 
 fn null_as_none<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Option<Value>, D::Error> {
@@ -181,6 +197,10 @@ mod tests {
 
         let empty: MaintenanceSchedule = serde_json::from_slice(br#"{"runs":null}"#).unwrap();
         assert_eq!(empty, MaintenanceSchedule::default());
+        assert_eq!(
+            gojson::to_vec(&empty).unwrap(),
+            br#"{"nextFullMaintenance":"0001-01-01T00:00:00Z","nextQuickMaintenance":"0001-01-01T00:00:00Z","runs":null}"#
+        );
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the index blobs next, the session markers are deleted last — so every index entry points to a
 //! pack that is already stored, and a crash leaves at worst unreferenced packs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
@@ -48,6 +48,15 @@ struct PendingPack {
     blob_id: Arc<str>,
     data: Vec<u8>,
     entries: Vec<IndexEntry>,
+}
+
+/// A content as stored in a pack, ready to be appended to another one.
+struct StoredForm<'a> {
+    /// `nonce || ciphertext || tag`.
+    bytes: &'a [u8],
+    original_length: u32,
+    compression_header_id: u32,
+    format_version: u8,
 }
 
 /// A finalized pack being uploaded: its bytes (for reads) and entries (indexed once it is stored).
@@ -154,20 +163,46 @@ impl ContentManager {
             .crypto
             .encryptor
             .encrypt(&payload, id.iv(), random_bytes());
+        let original_length = u32::try_from(data.len())
+            .map_err(|_| RepoError::Other(format!("content {id} is too large")))?;
 
         let mut w = self.writer.lock().await;
         if w.written.get(&id).is_some_and(|e| !e.deleted) {
             return Ok(id);
         }
-        let now = (self.clock)().timestamp();
         let previous_ts = w
             .written
             .get(&id)
             .or(previous.as_ref())
             .map(|e| e.timestamp_seconds);
+        let stored = StoredForm {
+            bytes: &encrypted,
+            original_length,
+            compression_header_id: header_id,
+            format_version: self.crypto.format_version(),
+        };
+        self.append_locked(&mut w, id, stored, false, previous_ts)
+            .await?;
+        if (self.clock)() - w.last_flush >= AUTO_FLUSH_INTERVAL {
+            self.flush_locked(&mut w).await?;
+        }
+        Ok(id)
+    }
+
+    /// Appends one stored (encrypted) content to the pending pack of its kind, with a timestamp
+    /// after `previous_ts`, and starts uploading the pack once it is full.
+    async fn append_locked(
+        &self,
+        w: &mut WriterState,
+        id: ContentId,
+        stored: StoredForm<'_>,
+        deleted: bool,
+        previous_ts: Option<i64>,
+    ) -> Result<()> {
+        let now = (self.clock)().timestamp();
         let slot = usize::from(id.has_prefix());
         if w.pending[slot].is_none() {
-            let session_id = self.ensure_session(&mut w).await?;
+            let session_id = self.ensure_session(w).await?;
             w.pending[slot] = Some(self.new_pending_pack(slot, &session_id));
         }
         let pending = w.pending[slot]
@@ -176,30 +211,70 @@ impl ContentManager {
         let entry = IndexEntry {
             content_id: id,
             timestamp_seconds: previous_ts.map_or(now, |p| now.max(p + 1)),
-            deleted: false,
+            deleted,
             pack_blob_id: pending.blob_id.clone(),
             pack_offset: u32::try_from(pending.data.len())
                 .map_err(|_| RepoError::Other("pack offset overflow".into()))?,
-            packed_length: u32::try_from(encrypted.len())
+            packed_length: u32::try_from(stored.bytes.len())
                 .map_err(|_| RepoError::Other(format!("content {id} is too large")))?,
-            original_length: u32::try_from(data.len())
-                .map_err(|_| RepoError::Other(format!("content {id} is too large")))?,
-            compression_header_id: header_id,
-            format_version: self.crypto.format_version(),
+            original_length: stored.original_length,
+            compression_header_id: stored.compression_header_id,
+            format_version: stored.format_version,
             encryption_key_id: 0,
         };
-        pending.data.extend_from_slice(&encrypted);
+        pending.data.extend_from_slice(stored.bytes);
         pending.entries.push(entry.clone());
         let full = pending.data.len() >= self.crypto.max_pack_size();
         w.written.insert(id, entry);
         if full {
             let pack = w.pending[slot].take().expect("pending pack present");
-            self.start_upload(&mut w, pack).await?;
+            self.start_upload(w, pack).await?;
         }
-        if (self.clock)() - w.last_flush >= AUTO_FLUSH_INTERVAL {
-            self.flush_locked(&mut w).await?;
+        Ok(())
+    }
+
+    /// Copies a content into a new pack, unchanged except for a newer timestamp: its stored bytes
+    /// are authenticated, then appended as they are (same ID, hence same IV and key). With
+    /// `undelete`, only a deleted content is copied, and the copy is live; otherwise the copy
+    /// keeps the deleted flag. Missing contents are an error.
+    pub async fn rewrite_content(&self, id: &ContentId, undelete: bool) -> Result<()> {
+        let current = {
+            let w = self.writer.lock().await;
+            w.written.get(id).map(|e| (e.clone(), w.in_memory_bytes(e)))
+        };
+        let (entry, in_memory) = match current {
+            Some(found) => found,
+            None => {
+                let e = self
+                    .committed
+                    .read()
+                    .expect("index lock poisoned")
+                    .lookup_including_deleted(id);
+                (e.ok_or(RepoError::ContentNotFound(*id))?, None)
+            }
+        };
+        if undelete && !entry.deleted {
+            return Ok(());
         }
-        Ok(id)
+        let bytes = match in_memory {
+            Some(bytes) => bytes,
+            None => self.fetch_packed(&entry).await?,
+        };
+        self.decode_packed(&entry, &bytes)?;
+        let stored = StoredForm {
+            bytes: &bytes,
+            original_length: entry.original_length,
+            compression_header_id: entry.compression_header_id,
+            format_version: entry.format_version,
+        };
+        let deleted = entry.deleted && !undelete;
+        let mut w = self.writer.lock().await;
+        let previous_ts = w
+            .written
+            .get(id)
+            .map_or(entry.timestamp_seconds, |e| e.timestamp_seconds);
+        self.append_locked(&mut w, *id, stored, deleted, Some(previous_ts))
+            .await
     }
 
     fn compress(
@@ -378,13 +453,20 @@ impl ContentManager {
                 .iter()
                 .map(|b| b.build(self.crypto.index_version()))
                 .collect::<Result<Vec<_>, _>>()?;
-            index_blobs::write_index_shards(&self.store, &self.crypto, &session_id, &shards)
-                .await?;
-            let stored = std::mem::take(&mut w.stored);
-            self.committed
-                .write()
-                .expect("index lock poisoned")
-                .add_own(stored);
+            let ids =
+                index_blobs::write_index_shards(&self.store, &self.crypto, &session_id, &shards)
+                    .await?;
+            w.stored.clear();
+            let own = ids
+                .into_iter()
+                .zip(shards)
+                .map(|(id, shard)| Ok((self.crypto.parse_index(&id, shard)?, id)))
+                .collect::<Result<Vec<_>>>()?;
+            let mut committed = self.committed.write().expect("index lock poisoned");
+            for (index, id) in own {
+                committed.add_own(Some(id), index);
+            }
+            drop(committed);
             w.written.clear();
         }
         if let Some(session) = w.session.take() {
@@ -452,22 +534,56 @@ impl ContentManager {
 
     /// Every content (merged winners) in ID order; deleted ones only when asked.
     pub async fn list_contents(&self, include_deleted: bool) -> Vec<IndexEntry> {
-        let mut all = self
-            .committed
-            .read()
-            .expect("index lock poisoned")
-            .merged_entries();
-        let written: Vec<IndexEntry> = self.writer.lock().await.written.values().cloned().collect();
-        if !written.is_empty() {
-            let mut map: std::collections::BTreeMap<ContentId, IndexEntry> =
-                all.into_iter().map(|e| (e.content_id, e)).collect();
-            for e in written {
-                map.insert(e.content_id, e);
+        self.list_contents_matching(include_deleted, |_| true).await
+    }
+
+    /// The contents whose ID satisfies `keep`, in ID order, unflushed writes included. Only the
+    /// matching entries are collected, so listing e.g. the manifest (`m`) contents of a large
+    /// repository costs one pass over the index, not a copy of it.
+    pub async fn list_contents_matching(
+        &self,
+        include_deleted: bool,
+        keep: impl Fn(&ContentId) -> bool,
+    ) -> Vec<IndexEntry> {
+        let snapshot = self.index_snapshot();
+        let mut all: BTreeMap<ContentId, IndexEntry> = snapshot
+            .iter()
+            .filter(|e| keep(&e.content_id))
+            .map(|e| (e.content_id, e))
+            .collect();
+        for e in self.writer.lock().await.written.values() {
+            if keep(&e.content_id) {
+                all.insert(e.content_id, e.clone());
             }
-            all = map.into_values().collect();
         }
-        all.retain(|e| include_deleted || !e.deleted);
-        all
+        all.into_values()
+            .filter(|e| include_deleted || !e.deleted)
+            .collect()
+    }
+
+    /// The committed index as of now (cheap: the loaded indexes are shared). Long iterations use
+    /// it so that flushes made meanwhile neither block nor change what they see.
+    pub fn index_snapshot(&self) -> CommittedIndex {
+        self.committed.read().expect("index lock poisoned").clone()
+    }
+
+    /// Reloads the committed index from storage, picking up what other writers (and index
+    /// compactions) stored since it was loaded. Unflushed writes stay pending.
+    pub async fn refresh(&self) -> Result<()> {
+        // Holding the writer keeps a flush from adding entries the new load would not have.
+        let _w = self.writer.lock().await;
+        let previous = self.index_snapshot();
+        let (committed, _) =
+            CommittedIndex::load_reusing(&self.store, &self.crypto, &previous).await?;
+        drop(previous);
+        *self.committed.write().expect("index lock poisoned") = committed;
+        Ok(())
+    }
+
+    /// Makes a deleted content live again by copying it (kopia's `UndeleteContent`); a live
+    /// content is left alone, an unknown one is an error.
+    pub async fn undelete_content(&self, id: &ContentId) -> Result<()> {
+        self.rewrite_content(id, true).await
     }
 
     pub fn index_blob_ids(&self) -> Vec<String> {

@@ -41,49 +41,125 @@ fn blob_id(b: &BlobMetadata) -> &str {
     &b.id
 }
 
-async fn epoch_active_set(store: &DynBlobStore) -> Result<ActiveIndexSet> {
-    let (markers, watermarks, singles, ranges) = futures::try_join!(
-        store.list("xe"),
-        store.list("xw"),
-        store.list("xs"),
-        store.list("xr")
-    )?;
-    let write_epoch = markers
-        .iter()
-        .filter_map(|b| epoch::epoch_number_from_blob_id(&b.id))
-        .max()
-        .unwrap_or(0);
-    let watermark = watermarks
-        .iter()
-        .filter_map(|b| epoch::watermark_from_blob_id(&b.id))
-        .max();
-    let singles = epoch::first_complete_set_per_epoch(&singles, blob_id);
-    let ranges: BTreeMap<(u64, u64), Vec<&BlobMetadata>> =
-        epoch::first_complete_set_per_range(&ranges, blob_id)
-            .into_iter()
-            .map(|r| ((r.min_epoch, r.max_epoch), r.blobs))
-            .collect();
+/// What the epoch manager's listing shows at one moment (kopia's `CurrentSnapshot`).
+#[derive(Debug, Clone, Default)]
+pub struct EpochState {
+    pub write_epoch: u64,
+    pub epoch_markers: Vec<BlobMetadata>,
+    pub watermark_blobs: Vec<BlobMetadata>,
+    /// Unix seconds: the greatest watermark.
+    pub watermark: Option<i64>,
+    /// Per epoch, the first complete single-epoch compaction set.
+    pub single_epoch_sets: BTreeMap<u64, Vec<BlobMetadata>>,
+    /// The longest chain of complete range checkpoint sets starting at epoch 0.
+    pub range_chain: Vec<epoch::RangeSet<BlobMetadata>>,
+    /// The uncompacted (`xn`) blobs of epochs W−1, W and W+1.
+    pub uncompacted: BTreeMap<u64, Vec<BlobMetadata>>,
+}
 
-    let range_keys: Vec<(u64, u64)> = ranges.keys().copied().collect();
-    let mut blobs = Vec::new();
-    let mut start = 0u64;
-    for (min, max) in epoch::longest_range_chain(&range_keys) {
-        if max > start {
-            blobs.extend(ranges[&(min, max)].iter().map(|b| (*b).clone()));
-            start = max + 1;
+impl EpochState {
+    pub async fn load(store: &DynBlobStore) -> Result<Self> {
+        let (markers, watermarks, singles, ranges) = futures::try_join!(
+            store.list(epoch::EPOCH_MARKER_PREFIX),
+            store.list(epoch::DELETION_WATERMARK_PREFIX),
+            store.list(epoch::SINGLE_EPOCH_COMPACTION_PREFIX),
+            store.list(epoch::RANGE_CHECKPOINT_PREFIX)
+        )?;
+        let write_epoch = markers
+            .iter()
+            .filter_map(|b| epoch::epoch_number_from_blob_id(&b.id))
+            .max()
+            .unwrap_or(0);
+        let watermark = watermarks
+            .iter()
+            .filter_map(|b| epoch::watermark_from_blob_id(&b.id))
+            .max();
+        let single_epoch_sets = epoch::first_complete_set_per_epoch(&singles, blob_id)
+            .into_iter()
+            .map(|(e, set)| (e, set.into_iter().cloned().collect()))
+            .collect();
+        let sets: Vec<epoch::RangeSet<BlobMetadata>> =
+            epoch::first_complete_set_per_range(&ranges, blob_id)
+                .into_iter()
+                .map(|r| epoch::RangeSet {
+                    min_epoch: r.min_epoch,
+                    max_epoch: r.max_epoch,
+                    blobs: r.blobs.into_iter().cloned().collect(),
+                })
+                .collect();
+        let keys: Vec<(u64, u64)> = sets.iter().map(|r| (r.min_epoch, r.max_epoch)).collect();
+        let range_chain = epoch::longest_range_chain(&keys)
+            .into_iter()
+            .filter_map(|k| {
+                sets.iter()
+                    .find(|r| (r.min_epoch, r.max_epoch) == k)
+                    .cloned()
+            })
+            .collect();
+        let mut uncompacted = BTreeMap::new();
+        for e in write_epoch.saturating_sub(1)..=write_epoch + 1 {
+            uncompacted.insert(e, store.list(&epoch::uncompacted_index_prefix(e)).await?);
+        }
+        Ok(EpochState {
+            write_epoch,
+            epoch_markers: markers,
+            watermark_blobs: watermarks,
+            watermark,
+            single_epoch_sets,
+            range_chain,
+            uncompacted,
+        })
+    }
+
+    pub fn is_settled(&self, e: u64) -> bool {
+        epoch::is_settled(e, self.write_epoch)
+    }
+
+    /// The uncompacted blobs of epoch `e`, listing them if this state did not.
+    pub async fn uncompacted_blobs(
+        &self,
+        store: &DynBlobStore,
+        e: u64,
+    ) -> Result<Vec<BlobMetadata>> {
+        match self.uncompacted.get(&e) {
+            Some(blobs) => Ok(blobs.clone()),
+            None => Ok(store.list(&epoch::uncompacted_index_prefix(e)).await?),
         }
     }
-    let settled = |e: u64| e + 2 <= write_epoch;
-    for e in start..=write_epoch + 1 {
-        match singles.get(&e) {
-            Some(set) if settled(e) => blobs.extend(set.iter().map(|b| (*b).clone())),
-            _ => blobs.extend(store.list(&epoch::uncompacted_index_prefix(e)).await?),
+
+    /// The index blobs that together hold every entry of epochs `min_epoch..=max_epoch`
+    /// (kopia's `getCompleteIndexSetForCommittedState`).
+    pub async fn index_set(
+        &self,
+        store: &DynBlobStore,
+        min_epoch: u64,
+        max_epoch: u64,
+    ) -> Result<Vec<BlobMetadata>> {
+        let mut blobs = Vec::new();
+        let mut start = min_epoch;
+        for r in &self.range_chain {
+            if r.max_epoch > start {
+                blobs.extend(r.blobs.iter().cloned());
+                start = r.max_epoch + 1;
+            }
         }
+        for e in start..=max_epoch {
+            match self.single_epoch_sets.get(&e) {
+                Some(set) if self.is_settled(e) => blobs.extend(set.iter().cloned()),
+                _ => blobs.extend(self.uncompacted_blobs(store, e).await?),
+            }
+        }
+        Ok(blobs)
     }
+}
+
+async fn epoch_active_set(store: &DynBlobStore) -> Result<ActiveIndexSet> {
+    let state = EpochState::load(store).await?;
+    let blobs = state.index_set(store, 0, state.write_epoch + 1).await?;
     Ok(ActiveIndexSet {
         blobs,
-        watermark,
-        write_epoch,
+        watermark: state.watermark,
+        write_epoch: state.write_epoch,
     })
 }
 

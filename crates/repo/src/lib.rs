@@ -22,8 +22,11 @@ pub mod crypto;
 pub mod error;
 pub mod index_blobs;
 pub mod local_config;
+pub mod maintenance;
 pub mod manifest;
+pub mod metadata_cache;
 pub mod object;
+pub mod pack_reader;
 pub mod repository;
 
 pub use content_manager::ContentManager;

@@ -60,10 +60,9 @@ impl ManifestManager {
     async fn load(&self) -> Result<BTreeMap<String, ManifestEntry>> {
         let ids: Vec<ContentId> = self
             .contents
-            .list_contents(false)
+            .list_contents_matching(false, |id| id.prefix() == Some(MANIFEST_CONTENT_PREFIX))
             .await
             .into_iter()
-            .filter(|e| e.content_id.prefix() == Some(MANIFEST_CONTENT_PREFIX))
             .map(|e| e.content_id)
             .collect();
         let contents = &self.contents;

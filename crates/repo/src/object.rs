@@ -3,7 +3,7 @@
 //! Chunks are written concurrently (hash, compress and encrypt on all cores) while the splitter
 //! moves on, with a bounded number in flight so memory stays flat.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 use kmover_format::ContentId;
@@ -124,6 +124,12 @@ impl ObjectWriter {
             object: id,
         });
         Ok(())
+    }
+
+    /// Chunks whose writes have completed, in order; a checkpoint of a partly uploaded file
+    /// lists them (kopia's `Checkpoint`).
+    pub fn finished_chunks(&self) -> &[IndirectEntry] {
+        &self.done
     }
 
     /// Bytes written so far.
@@ -275,7 +281,12 @@ async fn read_direct(contents: &ContentManager, id: &ObjectId, cid: &ContentId) 
     Ok(compression::decompress(header, &data, 64 << 20)?)
 }
 
+/// Largest index entry that is itself an index object (kopia writes none) read into memory as
+/// one chunk; kopia's splitters cut at most 16 MiB.
+const MAX_NESTED_CHUNK_BYTES: i64 = 64 << 20;
+
 /// Reads one chunk (a direct object, or recursively an indirect one) and checks its length.
+/// An indirect chunk's declared length is checked before anything of it is read.
 pub async fn read_chunk(contents: &ContentManager, chunk: &IndirectEntry) -> Result<Vec<u8>> {
     let data = if chunk.object.indirection() == 0 {
         match chunk.object.content_id() {
@@ -283,7 +294,22 @@ pub async fn read_chunk(contents: &ContentManager, chunk: &IndirectEntry) -> Res
             None => Vec::new(),
         }
     } else {
-        Box::pin(read_object(contents, &chunk.object)).await?
+        if !(0..=MAX_NESTED_CHUNK_BYTES).contains(&chunk.length) {
+            return Err(RepoError::Other(format!(
+                "object {}: nested index object declares {} bytes, more than a chunk may hold \
+                 ({MAX_NESTED_CHUNK_BYTES})",
+                chunk.object, chunk.length
+            )));
+        }
+        let mut nested = HashSet::new();
+        Box::pin(read_indirect(
+            contents,
+            &chunk.object,
+            Some(chunk.length),
+            0,
+            &mut nested,
+        ))
+        .await?
     };
     if data.len() as i64 != chunk.length {
         return Err(RepoError::Other(format!(
@@ -304,10 +330,54 @@ pub async fn read_object(contents: &ContentManager, id: &ObjectId) -> Result<Vec
             None => Ok(Vec::new()),
         };
     }
+    read_indirect(contents, id, None, 0, &mut HashSet::new()).await
+}
+
+/// Reads an indirect object whose length, when known, must be `expected`. Index entries that
+/// are index objects themselves are read once each (`nested`): listing one many times would let
+/// a few stored bytes describe an unbounded object.
+async fn read_indirect(
+    contents: &ContentManager,
+    id: &ObjectId,
+    expected: Option<i64>,
+    nesting: u8,
+    nested: &mut HashSet<ObjectId>,
+) -> Result<Vec<u8>> {
     let layout = open_object(contents, id).await?;
+    if let Some(expected) = expected
+        && i64::try_from(layout.length()).ok() != Some(expected)
+    {
+        return Err(RepoError::Other(format!(
+            "object {id}: is {} bytes, its index says {expected}",
+            layout.length()
+        )));
+    }
     let mut out = Vec::with_capacity(usize::try_from(layout.length()).unwrap_or(0).min(256 << 20));
     for chunk in &layout.chunks {
-        out.extend_from_slice(&read_chunk(contents, chunk).await?);
+        if chunk.object.indirection() == 0 {
+            out.extend_from_slice(&read_chunk(contents, chunk).await?);
+            continue;
+        }
+        if nesting >= MAX_INDIRECTION {
+            return Err(RepoError::Other(format!(
+                "object {id}: index objects nested too deeply"
+            )));
+        }
+        if !nested.insert(chunk.object) {
+            return Err(RepoError::Other(format!(
+                "object {id}: nested index object {} is listed more than once",
+                chunk.object
+            )));
+        }
+        let data = Box::pin(read_indirect(
+            contents,
+            &chunk.object,
+            Some(chunk.length),
+            nesting + 1,
+            nested,
+        ))
+        .await?;
+        out.extend_from_slice(&data);
     }
     Ok(out)
 }

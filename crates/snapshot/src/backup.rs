@@ -30,7 +30,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, Semaphore};
 
 use crate::checkpoint::{
-    CHECKPOINT_INCOMPLETE_REASON, DirNode, MAX_CHECKPOINT_INTERVAL, write_checkpoint,
+    CHECKPOINT_INCOMPLETE_REASON, DirNode, MAX_CHECKPOINT_INTERVAL, UploadGuard, random_uuid,
+    write_checkpoint, write_file_checkpoint,
 };
 use crate::error::{Result, SnapshotError};
 use crate::ignore_rules::IgnoreContext;
@@ -201,8 +202,14 @@ pub async fn backup(
             .checkpoint_interval
             .unwrap_or(MAX_CHECKPOINT_INTERVAL)
             .min(MAX_CHECKPOINT_INTERVAL);
-        let checkpoints =
-            checkpoint_loop(repo, &ctx, &root_node, &opts.source, start_time, interval);
+        let checkpoints = checkpoint_loop(
+            repo,
+            &ctx,
+            CheckpointRoot::Dir(&root_node),
+            &opts.source,
+            start_time,
+            interval,
+        );
         let (oid, summary) = tokio::select! {
             result = upload => result?,
             never = checkpoints => match never {},
@@ -214,7 +221,25 @@ pub async fn backup(
         }
     } else if root_meta.is_file() {
         let mut entry = new_entry(root_name, &root_meta, EntryType::File);
-        let (oid, read) = upload_file(&ctx, &resolved, &root_meta).await?;
+        // Only its upload registration matters: a single file checkpoints as itself.
+        let root_node = DirNode::new(entry.clone(), entry.mtime);
+        let upload = upload_file(&ctx, &resolved, &root_meta, &root_node, &entry);
+        let interval = opts
+            .checkpoint_interval
+            .unwrap_or(MAX_CHECKPOINT_INTERVAL)
+            .min(MAX_CHECKPOINT_INTERVAL);
+        let checkpoints = checkpoint_loop(
+            repo,
+            &ctx,
+            CheckpointRoot::File(&root_node),
+            &opts.source,
+            start_time,
+            interval,
+        );
+        let (oid, read) = tokio::select! {
+            result = upload => result?,
+            never = checkpoints => match never {},
+        };
         entry.object_id = oid;
         entry.size = root_meta.len() as i64;
         entry.summary = Some(DirectorySummary {
@@ -271,12 +296,19 @@ fn now_timestamp(repo: &Repository) -> UtcTimestamp {
     UtcTimestamp::from_unix(now.timestamp(), now.timestamp_subsec_nanos())
 }
 
+/// What a checkpoint starts from: the root directory, or the single file being snapshotted.
+#[derive(Clone, Copy)]
+enum CheckpointRoot<'a> {
+    Dir(&'a Arc<DirNode>),
+    File(&'a Arc<DirNode>),
+}
+
 /// Saves an incomplete "checkpoint" snapshot of the finished part of the tree at every interval,
 /// and flushes, so the work survives an interruption. Runs until the upload finishes.
 async fn checkpoint_loop(
     repo: &Repository,
     ctx: &Ctx,
-    root: &Arc<DirNode>,
+    root: CheckpointRoot<'_>,
     source: &SourceInfo,
     start_time: UtcTimestamp,
     interval: std::time::Duration,
@@ -284,7 +316,17 @@ async fn checkpoint_loop(
     loop {
         tokio::time::sleep(interval).await;
         let saved = async {
-            let entry = write_checkpoint(root, &ctx.contents, ctx.metadata_compression).await?;
+            let (contents, compression) = (&ctx.contents, ctx.metadata_compression);
+            let entry = match root {
+                CheckpointRoot::Dir(node) => write_checkpoint(node, contents, compression).await?,
+                CheckpointRoot::File(node) => {
+                    match write_file_checkpoint(node, contents, compression).await? {
+                        Some(entry) => entry,
+                        // Nothing of the file is written yet: no checkpoint, as in kopia.
+                        None => return Ok(None),
+                    }
+                }
+            };
             let manifest = SnapshotManifest {
                 source: source.clone(),
                 start_time,
@@ -295,11 +337,12 @@ async fn checkpoint_loop(
             };
             let id = snapshots::save_snapshot(repo, &manifest).await?;
             repo.flush().await?;
-            Ok::<_, SnapshotError>(id)
+            Ok::<_, SnapshotError>(Some(id))
         }
         .await;
         match saved {
-            Ok(id) => tracing::info!("saved checkpoint snapshot {id}"),
+            Ok(Some(id)) => tracing::info!("saved checkpoint snapshot {id}"),
+            Ok(None) => {}
             // A failed checkpoint only loses resumability; the upload itself goes on.
             Err(e) => tracing::warn!("checkpoint failed: {e}"),
         }
@@ -466,6 +509,11 @@ fn upload_dir(
                         stats.error_count += 1;
                     }
                     tracing::warn!("{}: {error}", rel);
+                    node.failed(
+                        rel.clone().into_bytes(),
+                        ignored,
+                        error.clone().into_bytes(),
+                    );
                     builder.add_failed_entry(rel.into_bytes(), ignored, error.into_bytes());
                 }
                 Outcome::Skipped => {}
@@ -569,7 +617,7 @@ async fn upload_entry(
             let result = if kind == EntryType::Symlink {
                 upload_symlink(&ctx, &item.path).await
             } else {
-                upload_file(&ctx, &item.path, &item.meta).await
+                upload_file(&ctx, &item.path, &item.meta, &node, &entry).await
             };
             match result {
                 Ok((oid, read)) => {
@@ -618,8 +666,15 @@ async fn upload_symlink(ctx: &Ctx, path: &Path) -> Result<(ObjectId, i64)> {
     Ok((oid, bytes.len() as i64))
 }
 
-/// Uploads one file, compressed as the policy says for its name and size.
-async fn upload_file(ctx: &Ctx, path: &Path, meta: &std::fs::Metadata) -> Result<(ObjectId, i64)> {
+/// Uploads one file, compressed as the policy says for its name and size. While it uploads,
+/// checkpoints of `node` list what of it is written (`entry` is its entry without an object).
+async fn upload_file(
+    ctx: &Ctx,
+    path: &Path,
+    meta: &std::fs::Metadata,
+    node: &Arc<DirNode>,
+    entry: &DirEntry,
+) -> Result<(ObjectId, i64)> {
     let name = path.file_name().map(|n| n.as_bytes()).unwrap_or_default();
     let compression = compression_id(
         ctx.policy
@@ -643,23 +698,40 @@ async fn upload_file(ctx: &Ctx, path: &Path, meta: &std::fs::Metadata) -> Result
     let mut file = tokio::fs::File::open(path)
         .await
         .map_err(|e| SnapshotError::io(path, "open", e))?;
+    // kopia's checkpoint entry of a file carries the size the file had when listed.
+    let template = DirEntry {
+        size,
+        ..entry.clone()
+    };
     if part_size > 0 && size > part_size {
-        return upload_in_parts(ctx, path, &mut file, part_size as u64, opts).await;
+        return upload_in_parts(
+            ctx,
+            path,
+            &mut file,
+            part_size as u64,
+            opts,
+            node,
+            &template,
+        )
+        .await;
     }
+    let upload = node.start_upload(template);
     let mut writer = ObjectWriter::new(ctx.contents.clone(), opts)?;
-    let read = copy_into(ctx, path, &mut file, &mut writer, u64::MAX).await?;
+    let read = copy_into(ctx, path, &mut file, &mut writer, u64::MAX, &upload).await?;
     ctx.stats.lock().await.file_count += 1;
     ctx.progress.hashed_files.fetch_add(1, Ordering::Relaxed);
     Ok((writer.finish().await?, read as i64))
 }
 
-/// Copies up to `limit` bytes (to EOF when u64::MAX) from `file` into `writer`.
+/// Copies up to `limit` bytes (to EOF when u64::MAX) from `file` into `writer`, recording the
+/// chunks written so far in `upload` for checkpoints.
 async fn copy_into(
     ctx: &Ctx,
     path: &Path,
     file: &mut tokio::fs::File,
     writer: &mut ObjectWriter,
     limit: u64,
+    upload: &UploadGuard,
 ) -> Result<u64> {
     let mut buf = vec![0u8; READ_BUFFER];
     let mut total = 0u64;
@@ -673,6 +745,12 @@ async fn copy_into(
             break;
         }
         writer.write(&buf[..n]).await?;
+        let recorded = upload.file().chunk_count();
+        if let Some(new) = writer.finished_chunks().get(recorded..)
+            && !new.is_empty()
+        {
+            upload.file().add_chunks(new);
+        }
         total += n as u64;
         ctx.progress
             .hashed_bytes
@@ -689,12 +767,20 @@ async fn upload_in_parts(
     file: &mut tokio::fs::File,
     part_size: u64,
     opts: ObjectWriterOptions,
+    node: &Arc<DirNode>,
+    template: &DirEntry,
 ) -> Result<(ObjectId, i64)> {
     let mut parts = Vec::new();
     let mut total = 0u64;
     loop {
+        // As kopia, a part being uploaded checkpoints under a random name of its own; finished
+        // parts are in no checkpoint until the file is done.
+        let upload = node.start_upload(DirEntry {
+            name: random_uuid().into_bytes(),
+            ..template.clone()
+        });
         let mut writer = ObjectWriter::new(ctx.contents.clone(), opts.clone())?;
-        let read = copy_into(ctx, path, file, &mut writer, part_size).await?;
+        let read = copy_into(ctx, path, file, &mut writer, part_size, &upload).await?;
         ctx.stats.lock().await.file_count += 1;
         parts.push(writer.finish().await?);
         total += read;

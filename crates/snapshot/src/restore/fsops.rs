@@ -17,7 +17,7 @@ use nix::sys::stat::{
     FileStat, Mode, SFlag, UtimensatFlags, fchmod, fstat, fstatat, futimens, mkdirat, utimensat,
 };
 use nix::sys::time::TimeSpec;
-use nix::unistd::{Gid, Uid, fchown, fchownat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, unlinkat};
 
 /// Metadata restore applies to an entry.
 #[derive(Debug, Clone, Copy)]
@@ -133,6 +133,32 @@ pub(super) fn create_dir_at(parent: &OwnedFd, name: &[u8]) -> io::Result<DirCrea
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Removes the regular files of `dir` whose names `is_stale` picks; returns how many went.
+pub(super) fn remove_stale_files(
+    dir: &OwnedFd,
+    is_stale: impl Fn(&[u8]) -> bool,
+) -> io::Result<usize> {
+    let mut listing = Dir::openat(dir, ".", DIR_FLAGS, Mode::empty())?;
+    let mut stale = Vec::new();
+    for entry in listing.iter() {
+        let name = entry?.file_name().to_bytes().to_vec();
+        if is_stale(&name) {
+            stale.push(name);
+        }
+    }
+    let mut removed = 0;
+    for name in stale {
+        if lstat_at(dir, &name)?.is_some_and(|st| file_type(&st) == SFlag::S_IFREG) {
+            match unlinkat(dir, &name[..], UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => removed += 1,
+                Err(Errno::ENOENT) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// Whether the open directory `dir` has no entries.
@@ -251,7 +277,7 @@ pub(super) fn write_region(
     Ok(all_zero)
 }
 
-fn is_zero(data: &[u8]) -> bool {
+pub(super) fn is_zero(data: &[u8]) -> bool {
     let mut words = data.chunks_exact(16);
     let zero_words = words
         .by_ref()

@@ -6,13 +6,17 @@
 //! without `/` or NUL), duplicates in a listing are refused, and all creation happens relative to
 //! directory descriptors with `O_NOFOLLOW`/`AT_SYMLINK_NOFOLLOW`; directories are re-opened below
 //! the target with `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`. Symlink targets are written
-//! verbatim and never followed. Nesting is bounded by [`MAX_DEPTH`], and file data streams chunk by
-//! chunk with a bounded number of chunks in memory.
+//! verbatim and never followed. Nesting is bounded by [`MAX_DEPTH`].
 //!
 //! Order of work (kopia's): a directory is created with mode 0700, its children are restored, and
-//! only then does it get its owner, mode and times. Files are written at their chunks' offsets
-//! (several chunks and several files at once), then get owner, mode and times.
+//! only then does it get its owner, mode and times. Files and symlinks are opened and their chunks
+//! resolved as the walk finds them, then written in batches: a batch's contents are read pack by
+//! pack in coalesced ranged reads (each range once, a bounded number in flight) and written at
+//! their offsets in every file that holds them; then each file gets its size, owner, mode and
+//! times (and its final name when written atomically). Memory stays near `reads in flight × range
+//! cap` plus the batch's plan and the metadata pack cache, whatever the snapshot's size.
 
+mod batch;
 mod fsops;
 mod objects;
 
@@ -31,20 +35,22 @@ use std::time::Duration;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use kmover_format::object::{IndirectEntry, ObjectId};
+use kmover_format::object::ObjectId;
 use kmover_format::snapshot::directory::{DirEntry, EntryType, decode_dir_manifest};
 use kmover_repo::ContentManager;
-use kmover_repo::object::read_chunk;
+use kmover_repo::metadata_cache::MetadataCache;
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, openat, renameat};
+use nix::sys::resource::{Resource, getrlimit};
 use nix::sys::stat::{Mode, SFlag, fstat};
 use nix::unistd::{UnlinkatFlags, ftruncate, symlinkat, unlinkat};
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 
 use crate::error::{Result, SnapshotError};
+use batch::{Prepared, Sink};
 use fsops::{AttrPolicy, AttrTarget, Attrs, DirCreation};
-use objects::{MAX_CHUNK_BYTES, chunks_length, leaf_chunks, read_bounded};
+pub(crate) use objects::leaf_chunks;
+use objects::{chunks_length, read_bounded};
 
 /// Deepest directory nesting restored below the target; deeper entries are refused.
 pub const MAX_DEPTH: usize = 1024;
@@ -54,8 +60,17 @@ const MAX_LISTING_BYTES: u64 = 1 << 30;
 const MAX_SYMLINK_TARGET: u64 = 4096;
 /// Error messages kept in [`RestoreStats::errors`]; the count goes on.
 const MAX_RECORDED_ERRORS: usize = 1000;
-/// Chunks of one file fetched and written at the same time.
-const CHUNKS_IN_FLIGHT_PER_FILE: usize = 4;
+/// Most files and symlinks written in one batch (each file's descriptor stays open until its
+/// batch is done); a low open-file limit lowers it.
+const MAX_BATCH_ENTRIES: usize = 4096;
+/// Chunks planned in one batch (a few dozen bytes of plan each); a larger file is a batch alone.
+const MAX_BATCH_CHUNKS: usize = 1 << 16;
+/// File bytes in one batch, so that finished files get their attributes at a steady pace.
+const MAX_BATCH_BYTES: u64 = 1 << 30;
+/// Batches writing at once: one can read its packs while the other finishes its files.
+const MAX_BATCHES_RUNNING: usize = 2;
+/// Metadata (`q`) packs kept in memory during the walk.
+const METADATA_CACHE_BYTES: u64 = 64 << 20;
 /// Chunks remembered as all-zero, so sparse restores skip fetching them again.
 const MAX_ZERO_CHUNKS_REMEMBERED: usize = 4096;
 /// kopia's `--skip-existing` tolerance on modification times.
@@ -188,8 +203,10 @@ pub async fn restore(
         base,
         base_fd: Arc::new(base_fd),
         sparse_block,
-        // Chunks in memory at once: 16 of kopia's largest (16 MiB) at most.
-        chunk_permits: Arc::new(Semaphore::new(parallel.clamp(4, 16))),
+        // Ranged reads in flight, each at most a few MiB (or one content of up to 16 MiB).
+        range_permits: Arc::new(Semaphore::new((2 * parallel).clamp(8, 16))),
+        batch_entries: batch_entry_limit(),
+        metadata: MetadataCache::new(METADATA_CACHE_BYTES),
         restored_bytes: Arc::new(AtomicU64::new(0)),
         cancelled: Arc::new(AtomicBool::new(false)),
         zero_chunks: Arc::new(Mutex::new(HashSet::new())),
@@ -230,6 +247,15 @@ fn attrs_of(e: &DirEntry, mtime: kmover_format::snapshot::UtcTimestamp) -> Attrs
         gid: e.gid,
         mtime,
     }
+}
+
+/// Files per batch: two batches hold their files open at once, within a quarter of the
+/// open-file limit so descriptors remain for directories and the blob store.
+fn batch_entry_limit() -> usize {
+    let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+    usize::try_from(soft / (4 * MAX_BATCHES_RUNNING as u64))
+        .unwrap_or(MAX_BATCH_ENTRIES)
+        .clamp(16, MAX_BATCH_ENTRIES)
 }
 
 /// Opens a directory of the caller's own path (symlinks allowed there).
@@ -311,8 +337,11 @@ struct Ctx {
     base: PathBuf,
     base_fd: Arc<OwnedFd>,
     sparse_block: Option<u64>,
-    /// Bounds the chunks held in memory across all files.
-    chunk_permits: Arc<Semaphore>,
+    /// Bounds the ranged pack reads in flight (and so their bytes in memory) across batches.
+    range_permits: Arc<Semaphore>,
+    batch_entries: usize,
+    /// Whole `q` packs, so that listings and indirect indexes cost no request each.
+    metadata: MetadataCache,
     restored_bytes: Arc<AtomicU64>,
     /// Set after a fatal error so running file copies stop early.
     cancelled: Arc<AtomicBool>,
@@ -396,14 +425,24 @@ enum LeafDone {
     Skipped,
 }
 
+/// How one file or symlink ended, for the statistics and its parent directory.
+struct LeafResult {
+    parent: Option<usize>,
+    kind: EntryType,
+    size: u64,
+    result: Result<LeafDone>,
+}
+
+/// A prepared leaf either waits for its batch or is already done (skipped, empty, or failed).
+enum Preparation {
+    Ready(Box<Prepared>),
+    Done(LeafResult),
+}
+
 enum Outcome {
     Walked(usize, Result<Listing>),
-    Leaf {
-        parent: Option<usize>,
-        kind: EntryType,
-        size: u64,
-        result: Result<LeafDone>,
-    },
+    Prepared(Preparation),
+    Batch(Vec<LeafResult>),
 }
 
 /// Mutable scheduling state, owned by the loop in [`Run::execute`].
@@ -414,6 +453,13 @@ struct Run {
     /// Directories to walk, depth first.
     walks: Vec<usize>,
     leaves: VecDeque<LeafJob>,
+    /// Leaves being opened and resolved.
+    preparing: usize,
+    /// Prepared leaves waiting for their contents, and their totals.
+    batch: Vec<Prepared>,
+    batch_chunks: usize,
+    batch_bytes: u64,
+    batches_running: usize,
     stats: RestoreStats,
     fatal: Option<SnapshotError>,
 }
@@ -426,9 +472,27 @@ impl Run {
             next_dir: ROOT_DIR + 1,
             walks: Vec::new(),
             leaves: VecDeque::new(),
+            preparing: 0,
+            batch: Vec::new(),
+            batch_chunks: 0,
+            batch_bytes: 0,
+            batches_running: 0,
             stats: RestoreStats::default(),
             fatal: None,
         }
+    }
+
+    fn batch_full(&self, ctx: &Ctx) -> bool {
+        self.batch.len() >= ctx.batch_entries
+            || self.batch_chunks >= MAX_BATCH_CHUNKS
+            || self.batch_bytes >= MAX_BATCH_BYTES
+    }
+
+    /// Whether another leaf may be prepared without overfilling the batch.
+    fn batch_has_room(&self, ctx: &Ctx) -> bool {
+        self.batch.len() + self.preparing < ctx.batch_entries
+            && self.batch_chunks < MAX_BATCH_CHUNKS
+            && self.batch_bytes < MAX_BATCH_BYTES
     }
 
     async fn execute(
@@ -442,7 +506,22 @@ impl Run {
         let mut ticker = tokio::time::interval(PROGRESS_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         loop {
-            while self.fatal.is_none() && jobs.len() < self.parallel {
+            // A batch starts when it is full, or when nothing else could still join it.
+            let nothing_to_add = self.walks.is_empty()
+                && walks_running == 0
+                && self.leaves.is_empty()
+                && self.preparing == 0;
+            if self.fatal.is_none()
+                && !self.batch.is_empty()
+                && self.batches_running < MAX_BATCHES_RUNNING
+                && (self.batch_full(ctx) || nothing_to_add)
+            {
+                let batch = std::mem::take(&mut self.batch);
+                (self.batch_chunks, self.batch_bytes) = (0, 0);
+                self.batches_running += 1;
+                jobs.push(Box::pin(write_batch(ctx, batch)));
+            }
+            while self.fatal.is_none() && jobs.len() - self.batches_running < self.parallel {
                 // Walk ahead only while few files wait, so queued work stays bounded.
                 let walk_now = walks_running < walk_limit && self.leaves.len() < 2 * self.parallel;
                 if walk_now && let Some(id) = self.walks.pop() {
@@ -461,8 +540,11 @@ impl Run {
                         dir.object_id,
                     )));
                     walks_running += 1;
-                } else if let Some(leaf) = self.leaves.pop_front() {
-                    jobs.push(Box::pin(restore_leaf(ctx, leaf)));
+                } else if self.batch_has_room(ctx)
+                    && let Some(leaf) = self.leaves.pop_front()
+                {
+                    self.preparing += 1;
+                    jobs.push(Box::pin(prepare_leaf(ctx, leaf)));
                 } else {
                     break;
                 }
@@ -482,37 +564,57 @@ impl Run {
                     walks_running -= 1;
                     self.walked(ctx, id, result);
                 }
-                Outcome::Leaf {
-                    parent,
-                    kind,
-                    size,
-                    result,
-                } => {
-                    match result {
-                        Ok(LeafDone::Restored) if kind == EntryType::Symlink => {
-                            self.stats.restored_symlinks += 1
-                        }
-                        Ok(LeafDone::Restored) => self.stats.restored_files += 1,
-                        Ok(LeafDone::Skipped) if kind == EntryType::Symlink => {
-                            self.stats.skipped_symlinks += 1
-                        }
-                        Ok(LeafDone::Skipped) => {
-                            self.stats.skipped_files += 1;
-                            self.stats.skipped_bytes += size;
-                        }
-                        Err(e) => self.failed(ctx, e),
+                Outcome::Prepared(Preparation::Ready(prepared)) => {
+                    self.preparing -= 1;
+                    if self.fatal.is_some() {
+                        discard(*prepared);
+                    } else {
+                        self.batch_chunks += prepared.chunks.len();
+                        self.batch_bytes += prepared.length;
+                        self.batch.push(*prepared);
                     }
-                    if let Some(parent) = parent {
-                        self.child_done(ctx, parent);
+                }
+                Outcome::Prepared(Preparation::Done(leaf)) => {
+                    self.preparing -= 1;
+                    self.leaf_done(ctx, leaf);
+                }
+                Outcome::Batch(leaves) => {
+                    self.batches_running -= 1;
+                    for leaf in leaves {
+                        self.leaf_done(ctx, leaf);
                     }
                 }
             }
+        }
+        // Only a fatal error leaves prepared leaves behind; their temporary files go.
+        for prepared in std::mem::take(&mut self.batch) {
+            discard(prepared);
         }
         if let Some(e) = self.fatal {
             return Err(e);
         }
         self.report(ctx, progress);
         Ok(self.stats)
+    }
+
+    fn leaf_done(&mut self, ctx: &Ctx, leaf: LeafResult) {
+        match leaf.result {
+            Ok(LeafDone::Restored) if leaf.kind == EntryType::Symlink => {
+                self.stats.restored_symlinks += 1
+            }
+            Ok(LeafDone::Restored) => self.stats.restored_files += 1,
+            Ok(LeafDone::Skipped) if leaf.kind == EntryType::Symlink => {
+                self.stats.skipped_symlinks += 1
+            }
+            Ok(LeafDone::Skipped) => {
+                self.stats.skipped_files += 1;
+                self.stats.skipped_bytes += leaf.size;
+            }
+            Err(e) => self.failed(ctx, e),
+        }
+        if let Some(parent) = leaf.parent {
+            self.child_done(ctx, parent);
+        }
     }
 
     fn report(&mut self, ctx: &Ctx, progress: Option<&(dyn Fn(&RestoreStats) + Sync)>) {
@@ -674,6 +776,7 @@ async fn walk_dir_inner(
     object_id: &ObjectId,
 ) -> Result<Listing> {
     let fd = if rel.is_empty() {
+        remove_abandoned_temp_files(ctx, &ctx.base_fd, rel)?;
         ctx.base_fd.clone()
     } else {
         if depth > MAX_DEPTH {
@@ -688,6 +791,7 @@ async fn walk_dir_inner(
         match fsops::create_dir_at(&parent, name).map_err(ctx.io_at(rel, "create directory"))? {
             DirCreation::Created(fd) => Arc::new(fd),
             DirCreation::Existing(fd) => {
+                remove_abandoned_temp_files(ctx, &fd, rel)?;
                 if !ctx.opts.overwrite_directories
                     && !fsops::dir_is_empty(&fd).map_err(ctx.io_at(rel, "read directory"))?
                 {
@@ -699,6 +803,7 @@ async fn walk_dir_inner(
     };
     let data = read_bounded(
         &ctx.contents,
+        &ctx.metadata,
         object_id,
         MAX_LISTING_BYTES,
         "directory listing",
@@ -735,39 +840,75 @@ async fn walk_dir_inner(
     })
 }
 
-async fn restore_leaf(ctx: &Ctx, job: LeafJob) -> Outcome {
+/// Opens a file (or checks a symlink's place) and resolves its chunks; the contents come later,
+/// in a batch.
+async fn prepare_leaf(ctx: &Ctx, job: LeafJob) -> Outcome {
+    let parent = job.parent;
     let kind = job.entry.entry_type.clone();
     let size = u64::try_from(job.entry.size).unwrap_or(0);
-    let result = match kind {
-        EntryType::Symlink => restore_symlink(ctx, &job).await,
-        _ => restore_file(ctx, &job).await,
+    let prepared = match kind {
+        EntryType::Symlink => prepare_symlink(ctx, job).await,
+        _ => prepare_file(ctx, job).await,
     };
-    Outcome::Leaf {
-        parent: job.parent,
-        kind,
-        size,
-        result,
-    }
+    Outcome::Prepared(match prepared {
+        Ok(Preparation::Ready(p)) => Preparation::Ready(p),
+        Ok(Preparation::Done(done)) => Preparation::Done(done),
+        Err(e) => Preparation::Done(LeafResult {
+            parent,
+            kind,
+            size,
+            result: Err(e),
+        }),
+    })
 }
 
-async fn restore_symlink(ctx: &Ctx, job: &LeafJob) -> Result<LeafDone> {
-    let (fd, name, rel) = (&job.parent_fd, &job.name[..], &job.rel[..]);
-    let existing = fsops::lstat_at(fd, name).map_err(ctx.io_at(rel, "lstat"))?;
-    let is_link = existing.is_some_and(|st| fsops::file_type(&st) == SFlag::S_IFLNK);
-    if ctx.opts.incremental && is_link {
-        return Ok(LeafDone::Skipped);
+fn done(job: &LeafJob, result: Result<LeafDone>) -> Preparation {
+    Preparation::Done(LeafResult {
+        parent: job.parent,
+        kind: job.entry.entry_type.clone(),
+        size: u64::try_from(job.entry.size).unwrap_or(0),
+        result,
+    })
+}
+
+async fn prepare_symlink(ctx: &Ctx, job: LeafJob) -> Result<Preparation> {
+    let rel = &job.rel[..];
+    let existing = fsops::lstat_at(&job.parent_fd, &job.name).map_err(ctx.io_at(rel, "lstat"))?;
+    if ctx.opts.incremental && existing.is_some_and(|st| fsops::file_type(&st) == SFlag::S_IFLNK) {
+        return Ok(done(&job, Ok(LeafDone::Skipped)));
     }
-    let target = read_bounded(
-        &ctx.contents,
-        &job.entry.object_id,
-        MAX_SYMLINK_TARGET,
-        "symlink target",
-    )
-    .await
-    .map_err(ctx.at(rel))?;
+    let chunks = leaf_chunks(&ctx.contents, &ctx.metadata, &job.entry.object_id)
+        .await
+        .map_err(ctx.at(rel))?;
+    let length = chunks_length(&chunks);
+    if length > MAX_SYMLINK_TARGET {
+        return Err(ctx.at(rel)(SnapshotError::Other(format!(
+            "object {}: symlink target of {length} bytes exceeds {MAX_SYMLINK_TARGET}",
+            job.entry.object_id
+        ))));
+    }
+    if length == 0 {
+        let result = finish_symlink(ctx, &job, Vec::new());
+        return Ok(done(&job, result));
+    }
+    Ok(Preparation::Ready(Box::new(Prepared {
+        sink: Sink::Symlink {
+            target: std::sync::Mutex::new(vec![0; length as usize]),
+        },
+        length,
+        chunks,
+        job,
+    })))
+}
+
+/// Creates the symlink once its target is read, replacing what is there as the options allow.
+fn finish_symlink(ctx: &Ctx, job: &LeafJob, target: Vec<u8>) -> Result<LeafDone> {
+    let (fd, name, rel) = (&job.parent_fd, &job.name[..], &job.rel[..]);
     if target.is_empty() || target.contains(&0) {
         return Err(ctx.refuse(rel, "symlink target is empty or contains a NUL byte".into()));
     }
+    let existing = fsops::lstat_at(fd, name).map_err(ctx.io_at(rel, "lstat"))?;
+    let is_link = existing.is_some_and(|st| fsops::file_type(&st) == SFlag::S_IFLNK);
     let create = ctx.io_at(rel, "create symlink");
     match existing {
         None => {}
@@ -802,7 +943,7 @@ fn mtime_close_enough(st: &nix::sys::stat::FileStat, entry: &DirEntry) -> bool {
     (local - i128::from(entry.mtime.0)).abs() < SAME_MTIME_TOLERANCE_NS
 }
 
-async fn restore_file(ctx: &Ctx, job: &LeafJob) -> Result<LeafDone> {
+async fn prepare_file(ctx: &Ctx, job: LeafJob) -> Result<Preparation> {
     let (dir, name, rel) = (&job.parent_fd, &job.name[..], &job.rel[..]);
     let existing = fsops::lstat_at(dir, name).map_err(ctx.io_at(rel, "lstat"))?;
     let existing_type = existing.as_ref().map(fsops::file_type);
@@ -812,10 +953,10 @@ async fn restore_file(ctx: &Ctx, job: &LeafJob) -> Result<LeafDone> {
         && st.st_size == job.entry.size
         && mtime_close_enough(st, &job.entry)
     {
-        return Ok(LeafDone::Skipped);
+        return Ok(done(&job, Ok(LeafDone::Skipped)));
     }
     // Resolve and check every chunk before touching the target.
-    let chunks = leaf_chunks(&ctx.contents, &job.entry.object_id)
+    let chunks = leaf_chunks(&ctx.contents, &ctx.metadata, &job.entry.object_id)
         .await
         .map_err(ctx.at(rel))?;
     let length = chunks_length(&chunks);
@@ -862,13 +1003,71 @@ async fn restore_file(ctx: &Ctx, job: &LeafJob) -> Result<LeafDone> {
         }
         (fd, None)
     };
-    let written = write_file(ctx, job, fd, &chunks, length, temp_name.as_deref()).await;
-    if written.is_err()
-        && let Some(temp) = &temp_name
-    {
-        let _ = unlinkat(&**dir, &temp[..], UnlinkatFlags::NoRemoveDir);
+    let file = File::from(fd);
+    if length == 0 {
+        let result = finish_file(ctx, &job, file, temp_name, 0, None);
+        return Ok(done(&job, result));
     }
-    written.map(|()| LeafDone::Restored)
+    Ok(Preparation::Ready(Box::new(Prepared {
+        sink: Sink::File { file, temp_name },
+        length,
+        chunks,
+        job,
+    })))
+}
+
+/// Names of atomic writes' temporary files: `<prefix><pid>-<sequence><suffix>`.
+const TEMP_PREFIX: &str = ".kmover-restore-";
+const TEMP_SUFFIX: &str = ".tmp";
+
+/// Whether `name` is a temporary file of an atomic restore that was stopped before it could
+/// rename or remove it: one of ours whose process is gone. Our own process ID counts as gone
+/// (a restarted container reuses it), since this restore only creates temporary files in a
+/// directory after that directory is cleaned.
+fn is_abandoned_temp_file(name: &[u8]) -> bool {
+    let Some(middle) = name
+        .strip_prefix(TEMP_PREFIX.as_bytes())
+        .and_then(|rest| rest.strip_suffix(TEMP_SUFFIX.as_bytes()))
+    else {
+        return false;
+    };
+    let Some((pid, seq)) = std::str::from_utf8(middle)
+        .ok()
+        .and_then(|m| m.split_once('-'))
+    else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    if !digits(pid) || !digits(seq) {
+        return false;
+    }
+    let Ok(pid) = pid.parse::<i32>() else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    if pid.unsigned_abs() == std::process::id() {
+        return true;
+    }
+    // A live process (even one we may not signal) may still be writing it.
+    matches!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+        Err(Errno::ESRCH)
+    )
+}
+
+/// Removes the temporary files an interrupted atomic restore left in an existing directory.
+fn remove_abandoned_temp_files(ctx: &Ctx, dir: &OwnedFd, rel: &[u8]) -> Result<()> {
+    let removed = fsops::remove_stale_files(dir, is_abandoned_temp_file)
+        .map_err(ctx.io_at(rel, "remove abandoned temporary files"))?;
+    if removed > 0 {
+        tracing::info!(
+            "restore: removed {removed} temporary files of an interrupted restore in {}",
+            ctx.path_of(rel).display()
+        );
+    }
+    Ok(())
 }
 
 /// A new empty file under a unique hidden name in `dir`, for atomic writes.
@@ -877,7 +1076,7 @@ fn create_temp_file(ctx: &Ctx, dir: &OwnedFd) -> io::Result<(OwnedFd, Vec<u8>)> 
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     loop {
         let seq = ctx.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!(".kmover-restore-{}-{seq}.tmp", std::process::id()).into_bytes();
+        let name = format!("{TEMP_PREFIX}{}-{seq}{TEMP_SUFFIX}", std::process::id()).into_bytes();
         match openat(dir, &name[..], flags, Mode::S_IRUSR | Mode::S_IWUSR) {
             Ok(fd) => return Ok((fd, name)),
             Err(Errno::EEXIST) => continue,
@@ -886,98 +1085,95 @@ fn create_temp_file(ctx: &Ctx, dir: &OwnedFd) -> io::Result<(OwnedFd, Vec<u8>)> 
     }
 }
 
-async fn write_file(
-    ctx: &Ctx,
-    job: &LeafJob,
-    fd: OwnedFd,
-    chunks: &[IndirectEntry],
-    length: u64,
-    temp_name: Option<&[u8]>,
-) -> Result<()> {
-    let rel = &job.rel[..];
-    let file = Arc::new(File::from(fd));
-    write_chunks(ctx, &file, chunks)
-        .await
-        .map_err(ctx.at(rel))?;
-    let fd = OwnedFd::from(Arc::into_inner(file).expect("chunk writers are done"));
-    let length = i64::try_from(length).map_err(|_| {
-        ctx.at(rel)(SnapshotError::Other(format!(
-            "file length {length} too large"
-        )))
-    })?;
-    // Sets the size and leaves trailing zeros of a sparse copy as a hole.
-    ftruncate(&fd, length).map_err(|e| ctx.io_at(rel, "truncate")(e.into()))?;
-    fsops::set_attributes(
-        AttrTarget::Fd(&fd),
-        &attrs_of(&job.entry, job.entry.mtime),
-        &ctx.attr_policy,
+/// Reads and writes the contents of a batch, then finishes each of its files and symlinks.
+async fn write_batch(ctx: &Ctx, batch: Vec<Prepared>) -> Outcome {
+    let written = batch::write_contents(ctx, batch).await;
+    Outcome::Batch(
+        written
+            .into_iter()
+            .map(|(prepared, failure)| finish_prepared(ctx, prepared, failure))
+            .collect(),
     )
-    .map_err(|(op, e)| ctx.io_at(rel, op)(e))?;
-    if let Some(temp) = temp_name {
-        renameat(&*job.parent_fd, temp, &*job.parent_fd, &job.name[..])
-            .map_err(|e| ctx.io_at(rel, "rename into place")(e.into()))?;
-    }
-    Ok(())
 }
 
-/// Fetches the chunks concurrently (bounded per file and overall) and writes each at its offset.
-async fn write_chunks(ctx: &Ctx, file: &Arc<File>, chunks: &[IndirectEntry]) -> Result<()> {
-    let mut tasks: JoinSet<Result<()>> = JoinSet::new();
-    let joined = |r: Option<std::result::Result<Result<()>, tokio::task::JoinError>>| match r {
-        Some(Ok(r)) => r,
-        Some(Err(e)) => Err(SnapshotError::Other(format!("chunk copy task failed: {e}"))),
-        None => Ok(()),
+fn finish_prepared(ctx: &Ctx, prepared: Prepared, failure: Option<SnapshotError>) -> LeafResult {
+    let Prepared {
+        job, sink, length, ..
+    } = prepared;
+    let result = match sink {
+        Sink::File { file, temp_name } => finish_file(ctx, &job, file, temp_name, length, failure),
+        Sink::Symlink { target } => match failure {
+            Some(e) => Err(ctx.at(&job.rel)(e)),
+            None => finish_symlink(ctx, &job, target.into_inner().expect("symlink target lock")),
+        },
     };
-    for chunk in chunks {
-        if ctx.cancelled.load(Ordering::Relaxed) {
-            return Err(SnapshotError::Other("restore cancelled".into()));
-        }
-        while tasks.len() >= CHUNKS_IN_FLIGHT_PER_FILE {
-            joined(tasks.join_next().await)?;
-        }
-        let permit = ctx
-            .chunk_permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| SnapshotError::Other("restore cancelled".into()))?;
-        let (contents, file, chunk) = (ctx.contents.clone(), file.clone(), *chunk);
-        let (sparse, zero_chunks, restored) = (
-            ctx.sparse_block,
-            ctx.zero_chunks.clone(),
-            ctx.restored_bytes.clone(),
-        );
-        tasks.spawn(async move {
-            let _permit = permit;
-            let length = chunk.length as u64;
-            let known_zero = || zero_chunks.lock().expect("lock").contains(&chunk.object);
-            if sparse.is_some() && known_zero() {
-                restored.fetch_add(length, Ordering::Relaxed);
-                return Ok(());
-            }
-            debug_assert!(chunk.length <= MAX_CHUNK_BYTES);
-            let data = read_chunk(&contents, &chunk).await?;
-            let offset = chunk.start as u64;
-            let all_zero = tokio::task::spawn_blocking(move || {
-                fsops::write_region(&file, offset, &data, sparse)
+    LeafResult {
+        parent: job.parent,
+        kind: job.entry.entry_type.clone(),
+        size: u64::try_from(job.entry.size).unwrap_or(0),
+        result,
+    }
+}
+
+/// Gives a written file its size and attributes and, when written atomically, its name; a
+/// failed file's temporary copy is removed.
+fn finish_file(
+    ctx: &Ctx,
+    job: &LeafJob,
+    file: File,
+    temp_name: Option<Vec<u8>>,
+    length: u64,
+    failure: Option<SnapshotError>,
+) -> Result<LeafDone> {
+    let rel = &job.rel[..];
+    let fd = OwnedFd::from(file);
+    let finished = match failure {
+        Some(e) => Err(ctx.at(rel)(e)),
+        None => i64::try_from(length)
+            .map_err(|_| {
+                ctx.at(rel)(SnapshotError::Other(format!(
+                    "file length {length} too large"
+                )))
             })
-            .await
-            .map_err(|e| SnapshotError::Other(format!("write task failed: {e}")))?
-            .map_err(|e| SnapshotError::Other(format!("write at offset {offset}: {e}")))?;
-            if all_zero && length > 0 {
-                let mut set = zero_chunks.lock().expect("lock");
-                if set.len() < MAX_ZERO_CHUNKS_REMEMBERED {
-                    set.insert(chunk.object);
-                }
-            }
-            restored.fetch_add(length, Ordering::Relaxed);
-            Ok(())
-        });
+            // Sets the size and leaves trailing zeros of a sparse copy as a hole.
+            .and_then(|length| {
+                ftruncate(&fd, length).map_err(|e| ctx.io_at(rel, "truncate")(e.into()))
+            })
+            .and_then(|()| {
+                fsops::set_attributes(
+                    AttrTarget::Fd(&fd),
+                    &attrs_of(&job.entry, job.entry.mtime),
+                    &ctx.attr_policy,
+                )
+                .map_err(|(op, e)| ctx.io_at(rel, op)(e))
+            })
+            .and_then(|()| match &temp_name {
+                Some(temp) => renameat(&*job.parent_fd, &temp[..], &*job.parent_fd, &job.name[..])
+                    .map_err(|e| ctx.io_at(rel, "rename into place")(e.into())),
+                None => Ok(()),
+            }),
+    };
+    if finished.is_err()
+        && let Some(temp) = &temp_name
+    {
+        let _ = unlinkat(&*job.parent_fd, &temp[..], UnlinkatFlags::NoRemoveDir);
     }
-    while !tasks.is_empty() {
-        joined(tasks.join_next().await)?;
+    finished.map(|()| LeafDone::Restored)
+}
+
+/// Drops a prepared leaf that will not be written, removing its temporary file.
+fn discard(prepared: Prepared) {
+    if let Sink::File {
+        temp_name: Some(temp),
+        ..
+    } = &prepared.sink
+    {
+        let _ = unlinkat(
+            &*prepared.job.parent_fd,
+            &temp[..],
+            UnlinkatFlags::NoRemoveDir,
+        );
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -1008,6 +1204,27 @@ mod tests {
             "日本".as_bytes(),
         ] {
             assert_eq!(unsafe_name_reason(good), None, "{good:?}");
+        }
+    }
+
+    #[test]
+    fn only_our_abandoned_temp_names_are_stale() {
+        let own = format!(".kmover-restore-{}-7.tmp", std::process::id());
+        assert!(is_abandoned_temp_file(own.as_bytes()));
+        // PID 1 is always running.
+        assert!(!is_abandoned_temp_file(b".kmover-restore-1-0.tmp"));
+        for other in [
+            &b"kmover-restore-5-0.tmp"[..],
+            b".kmover-restore-5-0.tmp.bak",
+            b".kmover-restore--0.tmp",
+            b".kmover-restore-5-.tmp",
+            b".kmover-restore-5-x.tmp",
+            b".kmover-restore-0-1.tmp",
+            b".kmover-restore-+5-1.tmp",
+            b".kmover-restore-99999999999-1.tmp",
+            b"data.tmp",
+        ] {
+            assert!(!is_abandoned_temp_file(other), "{other:?}");
         }
     }
 

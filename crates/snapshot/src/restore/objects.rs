@@ -1,11 +1,17 @@
 //! Reading repository objects for restore with bounded memory: an object is resolved to a flat
 //! list of direct chunks whose declared lengths are checked against the content index before any
 //! data is read or written, so a hostile index cannot make restore allocate or extend a file by a
-//! length nobody stored.
+//! length nobody stored. Listings and indirect indexes are read through the metadata pack cache.
+//!
+//! Index entries that are themselves index objects (kopia writes none; its reader accepts them)
+//! are expanded only once each per object: listing one nested index many times would let a few
+//! stored bytes describe an unbounded number of chunks.
+
+use std::collections::HashSet;
 
 use kmover_format::object::{IndirectEntry, ObjectId};
 use kmover_repo::ContentManager;
-use kmover_repo::object::{open_object, read_chunk};
+use kmover_repo::metadata_cache::MetadataCache;
 
 use crate::error::{Result, SnapshotError};
 
@@ -20,86 +26,113 @@ fn bad(id: &ObjectId, what: String) -> SnapshotError {
 
 /// The direct chunks of object `id` in order, with absolute offsets. Their lengths add up to
 /// the object's length and each one matches what the index records for its content.
-pub(super) async fn leaf_chunks(
+pub(crate) async fn leaf_chunks(
     contents: &ContentManager,
+    cache: &MetadataCache,
     id: &ObjectId,
 ) -> Result<Vec<IndirectEntry>> {
-    let layout = open_object(contents, id).await?;
+    let layout = cache.open_object(contents, id).await?;
     let mut out = Vec::with_capacity(layout.chunks.len());
-    expand(contents, id, layout.chunks, 0, 0, &mut out).await?;
+    let mut nested = HashSet::new();
+    let walk = Walk {
+        contents,
+        cache,
+        id,
+    };
+    walk.expand(layout.chunks, 0, 0, &mut nested, &mut out)
+        .await?;
     Ok(out)
 }
 
-async fn expand(
-    contents: &ContentManager,
-    id: &ObjectId,
-    chunks: Vec<IndirectEntry>,
-    base: i64,
-    nesting: usize,
-    out: &mut Vec<IndirectEntry>,
-) -> Result<()> {
-    for chunk in chunks {
-        let start = base
-            .checked_add(chunk.start)
-            .filter(|s| *s >= 0)
-            .ok_or_else(|| bad(id, format!("chunk offset {} out of range", chunk.start)))?;
-        if chunk.object.indirection() > 0 {
-            if nesting >= MAX_NESTED_INDEXES {
-                return Err(bad(id, "index objects nested too deeply".into()));
-            }
-            let inner = open_object(contents, &chunk.object).await?;
-            if i64::try_from(inner.length()).ok() != Some(chunk.length) {
-                return Err(bad(
-                    id,
-                    format!(
-                        "chunk {} is {} bytes, its index says {}",
-                        chunk.object,
-                        inner.length(),
-                        chunk.length
-                    ),
-                ));
-            }
-            Box::pin(expand(contents, id, inner.chunks, start, nesting + 1, out)).await?;
-            continue;
-        }
-        if !(0..=MAX_CHUNK_BYTES).contains(&chunk.length) {
-            return Err(bad(
-                id,
-                format!("chunk {} declares {} bytes", chunk.object, chunk.length),
-            ));
-        }
-        match chunk.object.content_id() {
-            None if chunk.length != 0 => {
-                return Err(bad(
-                    id,
-                    format!("empty chunk declares {} bytes", chunk.length),
-                ));
-            }
-            // Compressed (`Z`) chunks' true length is only known after decoding; read_chunk checks it.
-            Some(cid) if !chunk.object.is_compressed() => {
-                let info = contents
-                    .content_info(&cid)
-                    .await
-                    .ok_or(kmover_repo::RepoError::ContentNotFound(cid))?;
-                if i64::from(info.original_length) != chunk.length {
+/// What stays the same while one object's chunks are expanded.
+struct Walk<'a> {
+    contents: &'a ContentManager,
+    cache: &'a MetadataCache,
+    id: &'a ObjectId,
+}
+
+impl Walk<'_> {
+    async fn expand(
+        &self,
+        chunks: Vec<IndirectEntry>,
+        base: i64,
+        nesting: usize,
+        nested: &mut HashSet<ObjectId>,
+        out: &mut Vec<IndirectEntry>,
+    ) -> Result<()> {
+        let (contents, cache, id) = (self.contents, self.cache, self.id);
+        for chunk in chunks {
+            let start = base
+                .checked_add(chunk.start)
+                .filter(|s| *s >= 0)
+                .ok_or_else(|| bad(id, format!("chunk offset {} out of range", chunk.start)))?;
+            if chunk.object.indirection() > 0 {
+                if nesting >= MAX_NESTED_INDEXES {
+                    return Err(bad(id, "index objects nested too deeply".into()));
+                }
+                if !nested.insert(chunk.object) {
                     return Err(bad(
                         id,
                         format!(
-                            "chunk {} holds {} bytes, its index says {}",
-                            chunk.object, info.original_length, chunk.length
+                            "nested index object {} is listed more than once (at offset {start})",
+                            chunk.object
                         ),
                     ));
                 }
+                let inner = cache.open_object(contents, &chunk.object).await?;
+                if i64::try_from(inner.length()).ok() != Some(chunk.length) {
+                    return Err(bad(
+                        id,
+                        format!(
+                            "chunk {} is {} bytes, its index says {}",
+                            chunk.object,
+                            inner.length(),
+                            chunk.length
+                        ),
+                    ));
+                }
+                Box::pin(self.expand(inner.chunks, start, nesting + 1, nested, out)).await?;
+                continue;
             }
-            _ => {}
+            if !(0..=MAX_CHUNK_BYTES).contains(&chunk.length) {
+                return Err(bad(
+                    id,
+                    format!("chunk {} declares {} bytes", chunk.object, chunk.length),
+                ));
+            }
+            match chunk.object.content_id() {
+                None if chunk.length != 0 => {
+                    return Err(bad(
+                        id,
+                        format!("empty chunk declares {} bytes", chunk.length),
+                    ));
+                }
+                // Compressed (`Z`) chunks' true length is only known after decoding; read_chunk checks it.
+                Some(cid) if !chunk.object.is_compressed() => {
+                    let info = contents
+                        .content_info(&cid)
+                        .await
+                        .ok_or(kmover_repo::RepoError::ContentNotFound(cid))?;
+                    if i64::from(info.original_length) != chunk.length {
+                        return Err(bad(
+                            id,
+                            format!(
+                                "chunk {} holds {} bytes, its index says {}",
+                                chunk.object, info.original_length, chunk.length
+                            ),
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            out.push(IndirectEntry {
+                start,
+                length: chunk.length,
+                object: chunk.object,
+            });
         }
-        out.push(IndirectEntry {
-            start,
-            length: chunk.length,
-            object: chunk.object,
-        });
+        Ok(())
     }
-    Ok(())
 }
 
 /// Total length of a [`leaf_chunks`] list.
@@ -110,18 +143,27 @@ pub(super) fn chunks_length(chunks: &[IndirectEntry]) -> u64 {
 /// Reads a whole object that must not exceed `max_len` bytes (listings, symlink targets).
 pub(super) async fn read_bounded(
     contents: &ContentManager,
+    cache: &MetadataCache,
     id: &ObjectId,
     max_len: u64,
     what: &str,
 ) -> Result<Vec<u8>> {
-    let chunks = leaf_chunks(contents, id).await?;
+    // The declared length is known before any nested index is expanded.
+    let declared = cache.open_object(contents, id).await?.length();
+    if declared > max_len {
+        return Err(bad(
+            id,
+            format!("{what} of {declared} bytes exceeds {max_len}"),
+        ));
+    }
+    let chunks = leaf_chunks(contents, cache, id).await?;
     let len = chunks_length(&chunks);
     if len > max_len {
         return Err(bad(id, format!("{what} of {len} bytes exceeds {max_len}")));
     }
     let mut out = Vec::with_capacity(len as usize);
     for chunk in &chunks {
-        out.extend_from_slice(&read_chunk(contents, chunk).await?);
+        out.extend_from_slice(&cache.read_chunk(contents, chunk).await?);
     }
     Ok(out)
 }
