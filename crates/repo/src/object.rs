@@ -3,7 +3,7 @@
 //! Chunks are written concurrently (hash, compress and encrypt on all cores) while the splitter
 //! moves on, with a bounded number in flight so memory stays flat.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 
 use kmover_format::ContentId;
@@ -281,6 +281,11 @@ async fn read_direct(contents: &ContentManager, id: &ObjectId, cid: &ContentId) 
     Ok(compression::decompress(header, &data, 64 << 20)?)
 }
 
+/// Entries that index objects nested in an object's index (kopia writes none; its reader accepts
+/// them) may add, counted before each is read: one nested index listed many times would let a
+/// few stored bytes describe an unbounded object.
+pub const MAX_NESTED_INDEX_ENTRIES: usize = 1 << 20;
+
 /// Largest index entry that is itself an index object (kopia writes none) read into memory as
 /// one chunk; kopia's splitters cut at most 16 MiB.
 const MAX_NESTED_CHUNK_BYTES: i64 = 64 << 20;
@@ -301,13 +306,13 @@ pub async fn read_chunk(contents: &ContentManager, chunk: &IndirectEntry) -> Res
                 chunk.object, chunk.length
             )));
         }
-        let mut nested = HashSet::new();
+        let mut budget = MAX_NESTED_INDEX_ENTRIES;
         Box::pin(read_indirect(
             contents,
             &chunk.object,
             Some(chunk.length),
             0,
-            &mut nested,
+            &mut budget,
         ))
         .await?
     };
@@ -330,20 +335,28 @@ pub async fn read_object(contents: &ContentManager, id: &ObjectId) -> Result<Vec
             None => Ok(Vec::new()),
         };
     }
-    read_indirect(contents, id, None, 0, &mut HashSet::new()).await
+    let mut budget = MAX_NESTED_INDEX_ENTRIES;
+    read_indirect(contents, id, None, 0, &mut budget).await
 }
 
-/// Reads an indirect object whose length, when known, must be `expected`. Index entries that
-/// are index objects themselves are read once each (`nested`): listing one many times would let
-/// a few stored bytes describe an unbounded object.
+/// Reads an indirect object whose length, when known, must be `expected`; its nested index
+/// objects may add at most `budget` more entries.
 async fn read_indirect(
     contents: &ContentManager,
     id: &ObjectId,
     expected: Option<i64>,
     nesting: u8,
-    nested: &mut HashSet<ObjectId>,
+    budget: &mut usize,
 ) -> Result<Vec<u8>> {
     let layout = open_object(contents, id).await?;
+    if nesting > 0 {
+        *budget = budget.checked_sub(layout.chunks.len()).ok_or_else(|| {
+            RepoError::Other(format!(
+                "object {id}: nested index objects expand to more than \
+                 {MAX_NESTED_INDEX_ENTRIES} entries"
+            ))
+        })?;
+    }
     if let Some(expected) = expected
         && i64::try_from(layout.length()).ok() != Some(expected)
     {
@@ -363,18 +376,12 @@ async fn read_indirect(
                 "object {id}: index objects nested too deeply"
             )));
         }
-        if !nested.insert(chunk.object) {
-            return Err(RepoError::Other(format!(
-                "object {id}: nested index object {} is listed more than once",
-                chunk.object
-            )));
-        }
         let data = Box::pin(read_indirect(
             contents,
             &chunk.object,
             Some(chunk.length),
             nesting + 1,
-            nested,
+            budget,
         ))
         .await?;
         out.extend_from_slice(&data);

@@ -4,14 +4,14 @@
 //! length nobody stored. Listings and indirect indexes are read through the metadata pack cache.
 //!
 //! Index entries that are themselves index objects (kopia writes none; its reader accepts them)
-//! are expanded only once each per object: listing one nested index many times would let a few
-//! stored bytes describe an unbounded number of chunks.
-
-use std::collections::HashSet;
+//! may expand to at most [`MAX_NESTED_INDEX_ENTRIES`] entries per object, counted before each
+//! is expanded: listing one nested index many times would let a few stored bytes describe an
+//! unbounded number of chunks.
 
 use kmover_format::object::{IndirectEntry, ObjectId};
 use kmover_repo::ContentManager;
 use kmover_repo::metadata_cache::MetadataCache;
+use kmover_repo::object::MAX_NESTED_INDEX_ENTRIES;
 
 use crate::error::{Result, SnapshotError};
 
@@ -33,13 +33,13 @@ pub(crate) async fn leaf_chunks(
 ) -> Result<Vec<IndirectEntry>> {
     let layout = cache.open_object(contents, id).await?;
     let mut out = Vec::with_capacity(layout.chunks.len());
-    let mut nested = HashSet::new();
+    let mut budget = MAX_NESTED_INDEX_ENTRIES;
     let walk = Walk {
         contents,
         cache,
         id,
     };
-    walk.expand(layout.chunks, 0, 0, &mut nested, &mut out)
+    walk.expand(layout.chunks, 0, 0, &mut budget, &mut out)
         .await?;
     Ok(out)
 }
@@ -57,7 +57,8 @@ impl Walk<'_> {
         chunks: Vec<IndirectEntry>,
         base: i64,
         nesting: usize,
-        nested: &mut HashSet<ObjectId>,
+        // Entries nested indexes may still add.
+        budget: &mut usize,
         out: &mut Vec<IndirectEntry>,
     ) -> Result<()> {
         let (contents, cache, id) = (self.contents, self.cache, self.id);
@@ -69,15 +70,6 @@ impl Walk<'_> {
             if chunk.object.indirection() > 0 {
                 if nesting >= MAX_NESTED_INDEXES {
                     return Err(bad(id, "index objects nested too deeply".into()));
-                }
-                if !nested.insert(chunk.object) {
-                    return Err(bad(
-                        id,
-                        format!(
-                            "nested index object {} is listed more than once (at offset {start})",
-                            chunk.object
-                        ),
-                    ));
                 }
                 let inner = cache.open_object(contents, &chunk.object).await?;
                 if i64::try_from(inner.length()).ok() != Some(chunk.length) {
@@ -91,7 +83,17 @@ impl Walk<'_> {
                         ),
                     ));
                 }
-                Box::pin(self.expand(inner.chunks, start, nesting + 1, nested, out)).await?;
+                *budget = budget.checked_sub(inner.chunks.len()).ok_or_else(|| {
+                    bad(
+                        id,
+                        format!(
+                            "nested index objects expand to more than \
+                             {MAX_NESTED_INDEX_ENTRIES} entries (at offset {start}, {})",
+                            chunk.object
+                        ),
+                    )
+                })?;
+                Box::pin(self.expand(inner.chunks, start, nesting + 1, budget, out)).await?;
                 continue;
             }
             if !(0..=MAX_CHUNK_BYTES).contains(&chunk.length) {
