@@ -198,6 +198,9 @@ fn flag(value: Option<bool>, negated: bool) -> Option<bool> {
 
 async fn set(global: &GlobalArgs, args: SetArgs) -> anyhow::Result<()> {
     let conn = connection::open_connected(global).await?;
+    if conn.config.readonly {
+        bail!("unable to set maintenance parameters: the repository connection is read-only");
+    }
     let repo = &conn.repo;
     let mut params = maintenance::load_params(repo).await?;
     let mut schedule = maintenance::load_schedule(repo).await?;

@@ -123,7 +123,14 @@ async fn connect(
 ) -> anyhow::Result<()> {
     let (config_path, mut cfg) = connection::new_filesystem_config(global, path);
     options.apply(&mut cfg);
-    save_connection(&config_path, cfg, store, password, options.persist_password()).await
+    save_connection(
+        &config_path,
+        cfg,
+        store,
+        password,
+        options.persist_password(),
+    )
+    .await
 }
 
 /// Opens the repository once to check the password, then writes the connection file.

@@ -216,16 +216,22 @@ mod tests {
             indexes: Vec::new(),
             watermark: Some(50),
         };
-        ci.add_own(None, index(&[
-            entry("aa11", 10, "p1", false),
-            entry("bb22", 10, "p1", false),
-            entry("cc33", 10, "p1", false),
-        ]));
-        ci.add_own(None, index(&[
-            entry("aa11", 40, "p1", true),
-            entry("bb22", 60, "p1", true),
-            entry("dd44", 11, "p2", false),
-        ]));
+        ci.add_own(
+            None,
+            index(&[
+                entry("aa11", 10, "p1", false),
+                entry("bb22", 10, "p1", false),
+                entry("cc33", 10, "p1", false),
+            ]),
+        );
+        ci.add_own(
+            None,
+            index(&[
+                entry("aa11", 40, "p1", true),
+                entry("bb22", 60, "p1", true),
+                entry("dd44", 11, "p2", false),
+            ]),
+        );
         let id = |s| ContentId::parse(s).unwrap();
         // Deleted at 40, under the watermark: gone.
         assert_eq!(ci.lookup_including_deleted(&id("aa11")), None);

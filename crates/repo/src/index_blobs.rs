@@ -167,7 +167,13 @@ async fn legacy_active_set(store: &DynBlobStore, crypto: &RepoCrypto) -> Result<
     let (n_blobs, m_blobs) = futures::try_join!(store.list("n"), store.list("m"))?;
     let mut logs = Vec::with_capacity(m_blobs.len());
     for m in &m_blobs {
-        let plain = crypto.decrypt_blob(&m.id, &store.get(&m.id).await?)?;
+        // Maintenance may delete a settled compaction log between listing and reading it.
+        let data = match store.get(&m.id).await {
+            Ok(d) => d,
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let plain = crypto.decrypt_blob(&m.id, &data)?;
         let log: epoch::CompactionLog =
             serde_json::from_slice(&plain).map_err(|e| RepoError::corrupt_blob(&m.id, e))?;
         logs.push(log);

@@ -105,13 +105,19 @@ async fn assert_tree_reads_back(repo: &Repository, root: &DirEntry, dir: &Path) 
     while let Some((entry, path)) = stack.pop() {
         match entry.entry_type {
             EntryType::Directory => {
-                for child in tree::read_dir(repo.contents(), &entry).await.unwrap().entries {
+                for child in tree::read_dir(repo.contents(), &entry)
+                    .await
+                    .unwrap()
+                    .entries
+                {
                     let p = path.join(String::from_utf8_lossy(&child.name).as_ref());
                     stack.push((child, p));
                 }
             }
             EntryType::File => {
-                let data = read_object(repo.contents(), &entry.object_id).await.unwrap();
+                let data = read_object(repo.contents(), &entry.object_id)
+                    .await
+                    .unwrap();
                 assert_eq!(data, std::fs::read(&path).unwrap(), "{}", path.display());
             }
             _ => {}
@@ -182,7 +188,11 @@ async fn full_gc_keeps_exactly_what_snapshots_reference() {
     };
     assert!(gc.deleted_content_count as usize >= gone.len(), "{gc:?}");
     for id in &gone {
-        assert_eq!(repo.contents().content_info(id).await, None, "{id} survived");
+        assert_eq!(
+            repo.contents().content_info(id).await,
+            None,
+            "{id} survived"
+        );
     }
     for id in &kept {
         assert!(!repo.contents().content_info(id).await.unwrap().deleted);

@@ -18,11 +18,11 @@ use kmover_blob::DynBlobStore;
 use kmover_blob::fs::{FilesystemStore, ShardingMode};
 use kmover_format::kdf::KeyDerivationAlgorithm;
 use kmover_format::object::ObjectId;
+use kmover_format::snapshot::UtcTimestamp;
 use kmover_format::snapshot::directory::{
     DirEntry, DirManifest, DirectorySummary, EntryType, encode_dir_manifest,
 };
 use kmover_format::snapshot::manifest::{SnapshotManifest, SourceInfo};
-use kmover_format::snapshot::UtcTimestamp;
 use kmover_repo::maintenance::SafetyParameters;
 use kmover_repo::{CreateOptions, Repository};
 use kmover_snapshot::maintenance::{MaintenanceOptions, RequestedMode, run_maintenance};
@@ -134,7 +134,9 @@ async fn build(path: &Path, live_count: u64) {
             .await
             .unwrap(),
     );
-    Repository::create(store, &fast_format(), "pw").await.unwrap();
+    Repository::create(store, &fast_format(), "pw")
+        .await
+        .unwrap();
     let repo = open(path).await;
     initialize_manifests(&repo, OWNER).await.unwrap();
     let contents = repo.contents();
@@ -242,4 +244,3 @@ fn full_maintenance_memory_scales_to_20_million_contents_in_1_gib() {
         projected / 1048576.0
     );
 }
-
