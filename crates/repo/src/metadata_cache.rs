@@ -13,15 +13,13 @@ use std::sync::{Arc, Mutex};
 
 use kmover_format::ContentId;
 use kmover_format::index::IndexEntry;
-use kmover_format::object::{self, IndirectEntry, ObjectId};
+use kmover_format::object::{IndirectEntry, ObjectId};
 
 use crate::content_manager::ContentManager;
 use crate::error::{RepoError, Result};
-use crate::object::ObjectLayout;
+use crate::object::{ObjectLayout, check_indirection};
 use crate::pack_reader::direct_object_bytes;
 
-/// Deepest indirection accepted, as [`crate::object::open_object`].
-const MAX_INDIRECTION: u8 = 8;
 /// Largest object-compressed (`Z`) chunk decoded, kopia's largest chunk with room to spare.
 const MAX_COMPRESSED_CHUNK: usize = 64 << 20;
 
@@ -174,35 +172,12 @@ impl MetadataCache {
                         .original_length,
                 ),
             };
-            return Ok(ObjectLayout {
-                id: *id,
-                chunks: vec![IndirectEntry {
-                    start: 0,
-                    length: length as i64,
-                    object: *id,
-                }],
-            });
+            return Ok(ObjectLayout::direct(id, length));
         }
-        if id.indirection() > MAX_INDIRECTION {
-            return Err(RepoError::Other(format!(
-                "object {id}: too many levels of indirection"
-            )));
-        }
+        check_indirection(id)?;
         let index_id = id.index_object_id().expect("indirect ID has an index");
         let index_bytes = Box::pin(self.read_object(contents, &index_id)).await?;
-        let chunks = object::decode_indirect_index(&index_bytes)
-            .map_err(|e| RepoError::Other(format!("object {id}: invalid index object: {e}")))?;
-        let mut expected_start = 0i64;
-        for c in &chunks {
-            if c.start != expected_start || c.length < 0 {
-                return Err(RepoError::Other(format!(
-                    "object {id}: index entries are not contiguous at offset {}",
-                    c.start
-                )));
-            }
-            expected_start = c.end_offset();
-        }
-        Ok(ObjectLayout { id: *id, chunks })
+        ObjectLayout::from_index(id, &index_bytes)
     }
 
     /// [`crate::object::read_chunk`] reading through the cache.

@@ -207,6 +207,36 @@ pub struct ObjectLayout {
 }
 
 impl ObjectLayout {
+    /// The layout of a direct object: one chunk, the object itself.
+    pub fn direct(id: &ObjectId, length: u64) -> Self {
+        ObjectLayout {
+            id: *id,
+            chunks: vec![IndirectEntry {
+                start: 0,
+                length: length as i64,
+                object: *id,
+            }],
+        }
+    }
+
+    /// The layout of an indirect object from its decoded index object's bytes; entries must
+    /// tile the object from offset 0 without gaps.
+    pub fn from_index(id: &ObjectId, index_bytes: &[u8]) -> Result<Self> {
+        let chunks = object::decode_indirect_index(index_bytes)
+            .map_err(|e| RepoError::Other(format!("object {id}: invalid index object: {e}")))?;
+        let mut expected_start = 0i64;
+        for c in &chunks {
+            if c.start != expected_start || c.length < 0 {
+                return Err(RepoError::Other(format!(
+                    "object {id}: index entries are not contiguous at offset {}",
+                    c.start
+                )));
+            }
+            expected_start = c.end_offset();
+        }
+        Ok(ObjectLayout { id: *id, chunks })
+    }
+
     pub fn length(&self) -> u64 {
         self.chunks
             .last()
@@ -218,39 +248,25 @@ impl ObjectLayout {
 /// hostile repository must not make us recurse without bound.
 const MAX_INDIRECTION: u8 = 8;
 
-/// Resolves an object's chunk list. Direct chunks come back with their length from the index.
-pub async fn open_object(contents: &ContentManager, id: &ObjectId) -> Result<ObjectLayout> {
-    if id.indirection() == 0 {
-        let length = direct_length(contents, id).await?;
-        return Ok(ObjectLayout {
-            id: *id,
-            chunks: vec![IndirectEntry {
-                start: 0,
-                length: length as i64,
-                object: *id,
-            }],
-        });
-    }
+/// Refuses object IDs nested deeper than [`MAX_INDIRECTION`].
+pub fn check_indirection(id: &ObjectId) -> Result<()> {
     if id.indirection() > MAX_INDIRECTION {
         return Err(RepoError::Other(format!(
             "object {id}: too many levels of indirection"
         )));
     }
+    Ok(())
+}
+
+/// Resolves an object's chunk list. Direct chunks come back with their length from the index.
+pub async fn open_object(contents: &ContentManager, id: &ObjectId) -> Result<ObjectLayout> {
+    if id.indirection() == 0 {
+        return Ok(ObjectLayout::direct(id, direct_length(contents, id).await?));
+    }
+    check_indirection(id)?;
     let index_id = id.index_object_id().expect("indirect ID has an index");
     let index_bytes = Box::pin(read_object(contents, &index_id)).await?;
-    let chunks = object::decode_indirect_index(&index_bytes)
-        .map_err(|e| RepoError::Other(format!("object {id}: invalid index object: {e}")))?;
-    let mut expected_start = 0i64;
-    for c in &chunks {
-        if c.start != expected_start || c.length < 0 {
-            return Err(RepoError::Other(format!(
-                "object {id}: index entries are not contiguous at offset {}",
-                c.start
-            )));
-        }
-        expected_start = c.end_offset();
-    }
-    Ok(ObjectLayout { id: *id, chunks })
+    ObjectLayout::from_index(id, &index_bytes)
 }
 
 async fn direct_length(contents: &ContentManager, id: &ObjectId) -> Result<u64> {
