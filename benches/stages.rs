@@ -28,6 +28,7 @@ use kmover_format::snapshot::directory::{
     DirEntry, DirManifest, DirManifestBuilder, EntryType, decode_dir_manifest, encode_dir_manifest,
 };
 use kmover_format::splitter::new_splitter;
+use kmover_repo::committed_index::{CommittedIndex, LoadedIndex};
 use kmover_repo::{CreateOptions, Repository};
 
 const KEY: [u8; 32] = [7; 32];
@@ -352,6 +353,38 @@ fn index_lookup(c: &mut Criterion) {
             misses
                 .iter()
                 .filter_map(|id| index::merge::lookup(&shards, id))
+                .count()
+        })
+    });
+    // The repository's committed index over the same 16 blobs: merged once into one table.
+    let committed = CommittedIndex::from_indexes(
+        shards
+            .iter()
+            .map(|s| LoadedIndex {
+                blob_id: None,
+                index: Index::parse(s.as_bytes().to_vec(), 0).expect("parses"),
+            })
+            .collect(),
+        None,
+    )
+    .expect("merges");
+    eprintln!(
+        "committed index: {} entries, {:.1} bytes per entry",
+        committed.total_entries(),
+        committed.memory_bytes() as f64 / committed.total_entries() as f64
+    );
+    g.bench_function("committed-16x62.5k-entries/hit", |b| {
+        b.iter(|| {
+            hits.iter()
+                .filter_map(|id| committed.lookup_including_deleted(id))
+                .count()
+        })
+    });
+    g.bench_function("committed-16x62.5k-entries/miss", |b| {
+        b.iter(|| {
+            misses
+                .iter()
+                .filter_map(|id| committed.lookup_including_deleted(id))
                 .count()
         })
     });

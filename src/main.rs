@@ -1,6 +1,7 @@
 //! `kmover`: a fast backup mover for Kopia repositories. This binary only parses arguments and
 //! renders results; the work happens in the kmover-* crates.
 
+mod allocator;
 mod cli;
 mod clock;
 mod commands;
@@ -26,6 +27,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    allocator::return_freed_buffers_to_the_os();
     // Before parsing, so that even `--version` shows whether a crash is armed.
     #[cfg(feature = "testing")]
     if let Err(e) = crash_hook::arm_from_env() {

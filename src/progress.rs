@@ -393,21 +393,36 @@ impl Drop for TreeEstimate {
 /// Files and their bytes under `root` (symlinks are not followed); `None` when stopped.
 fn walk(root: &Path, stop: &AtomicBool) -> Option<(u64, u64)> {
     let (mut files, mut bytes) = (0u64, 0u64);
+    let Ok(meta) = std::fs::symlink_metadata(root) else {
+        return Some((0, 0));
+    };
+    if meta.is_file() {
+        return Some((1, meta.len()));
+    }
+    if !meta.is_dir() {
+        return Some((0, 0));
+    }
+    // Directories only; the listing's entry types spare a stat of anything but files, and
+    // files are stat-ed relative to their open directory.
     let mut pending: Vec<PathBuf> = vec![root.to_path_buf()];
-    while let Some(path) = pending.pop() {
+    while let Some(dir) = pending.pop() {
         if stop.load(Ordering::Relaxed) {
             return None;
         }
-        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
             continue;
         };
-        if meta.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&path) {
-                pending.extend(entries.flatten().map(|e| e.path()));
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => pending.push(e.path()),
+                Ok(t) if t.is_file() => {
+                    if let Ok(meta) = e.metadata() {
+                        files += 1;
+                        bytes += meta.len();
+                    }
+                }
+                _ => {}
             }
-        } else if meta.is_file() {
-            files += 1;
-            bytes += meta.len();
         }
     }
     Some((files, bytes))

@@ -63,7 +63,8 @@ fn complete_ids(repo: &SharedRepo) -> Vec<String> {
 
 fn describe(round: usize, at: &KillAt, r: &Interrupted) -> String {
     format!(
-        "round {round} ({at}): {} after {} ms",
+        "round {round} ({at}, seed {}): {} after {} ms",
+        seed(),
         if r.killed { "killed" } else { "finished" },
         r.elapsed.as_millis()
     )
@@ -167,6 +168,19 @@ fn restore_tree(root: &Path) {
     age_tree(root);
 }
 
+/// Runs an interrupted restore again: it must succeed and leave exactly the snapshot's tree.
+fn rerun_completes(repo: &SharedRepo, args: &[String], tree: &Path, target: &Path, context: &str) {
+    let out = repo.kmover.runner().run_unchecked(args);
+    assert!(
+        out.status.success(),
+        "{context}: re-running `kmover {}` failed: {}\n{}",
+        args.join(" "),
+        out.status,
+        common::clip(&out.stderr)
+    );
+    assert_same_tree(tree, target, EXACT);
+}
+
 fn restore_crash_rounds(test: &str, backend: &Backend, count: usize) {
     let kopia = Kopia::find(KopiaVersion::V0_22, test);
     let dir = tempfile::tempdir().unwrap();
@@ -206,10 +220,10 @@ fn restore_crash_rounds(test: &str, backend: &Backend, count: usize) {
         if round % 2 == 1 {
             args.push("--skip-existing".into());
         }
-        repo.kmover.run(&args);
-        assert_same_tree(&tree, &target, EXACT);
+        // Said first: a failure below must name the kill point and seed that led to it.
+        say(&format!("{context}; re-running `{}`", args.join(" ")));
+        rerun_completes(&repo, &args, &tree, &target, &context);
         std::fs::remove_dir_all(&target).unwrap();
-        say(&context);
     }
     repo.assert_intact(&[id], &format!("{} after restore crashes", repo.label));
     say(&format!(
@@ -300,8 +314,8 @@ fn interrupted_atomic_restore_leaves_no_temp_files() {
             "--write-files-atomically".into(),
         ];
         let r = run_killed(&repo.kmover, &args, &[], &at);
-        say(&describe(round, &at, &r));
-        repo.kmover.run(&args);
-        assert_same_tree(&tree, &target, EXACT);
+        let context = format!("atomic restore {}", describe(round, &at, &r));
+        say(&context);
+        rerun_completes(&repo, &args, &tree, &target, &context);
     }
 }

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tempfile::TempDir;
 
+pub mod concurrency;
 pub mod crash;
 pub mod fake_clock;
 pub mod minio;

@@ -462,6 +462,13 @@ impl BlobStore for FilesystemStore {
         blocking(move || write_atomically(&inner.root, &id, &path, &data, inner.options)).await
     }
 
+    async fn put_shared(&self, id: &str, data: Arc<BlobBytes>) -> Result<()> {
+        let path = self.checked_path(id)?;
+        let id = id.to_string();
+        let inner = self.inner.clone();
+        blocking(move || write_atomically(&inner.root, &id, &path, &data, inner.options)).await
+    }
+
     async fn delete(&self, id: &str) -> Result<()> {
         let path = self.checked_path(id)?;
         let id = id.to_string();

@@ -103,6 +103,11 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn metadata(&self, id: &str) -> Result<BlobMetadata>;
     /// Atomic: readers see the old blob or the complete new one.
     async fn put(&self, id: &str, data: BlobBytes) -> Result<()>;
+    /// [`BlobStore::put`] of bytes the caller keeps (e.g. to serve reads while they upload).
+    /// Stores that can write from a borrowed buffer override it to avoid the copy.
+    async fn put_shared(&self, id: &str, data: Arc<BlobBytes>) -> Result<()> {
+        self.put(id, Arc::unwrap_or_clone(data)).await
+    }
     /// Deleting a missing blob succeeds.
     async fn delete(&self, id: &str) -> Result<()>;
     /// Every blob whose ID starts with `prefix` (any string prefix), in no particular order.

@@ -141,30 +141,36 @@ fn unsupported(header_id: u32) -> FormatError {
 /// Compresses `data` into `BE32(header_id) || stream`. Returns `None` when that would not be
 /// smaller than `data` (kopia then stores the data raw with header ID 0), and for header ID 0.
 pub fn compress(header_id: u32, data: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut out = Vec::new();
+    Ok(compress_into(header_id, data, &mut out)?.then_some(out))
+}
+
+/// [`compress`] into `out` (cleared first), so that a caller can reuse one buffer for many
+/// payloads. Returns whether the payload is smaller than `data`; when not, `out` holds nothing
+/// useful and the data is to be stored raw.
+pub fn compress_into(header_id: u32, data: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+    out.clear();
     if header_id == 0 {
-        return Ok(None);
+        return Ok(false);
     }
     let c = lookup(header_id).ok_or_else(|| unsupported(header_id))?;
     let header = header_id.to_be_bytes();
-    let out = match c.codec {
-        Codec::Zstd(slot, level) => zstd_compress(slot, level, &header, data)?,
+    match c.codec {
+        Codec::Zstd(slot, level) => zstd_compress(slot, level, &header, data, out)?,
         Codec::Gzip(level) => {
-            let mut enc = flate2::write::GzEncoder::new(
-                header_vec(&header, data.len()),
-                flate2::Compression::new(level),
-            );
+            reserve_header(out, &header, data.len());
+            let mut enc = flate2::write::GzEncoder::new(&mut *out, flate2::Compression::new(level));
             enc.write_all(data)
                 .and_then(|_| enc.finish())
-                .map_err(encode_error)?
+                .map_err(encode_error)?;
         }
         Codec::Deflate(level) => {
-            let mut enc = flate2::write::DeflateEncoder::new(
-                header_vec(&header, data.len()),
-                flate2::Compression::new(level),
-            );
+            reserve_header(out, &header, data.len());
+            let mut enc =
+                flate2::write::DeflateEncoder::new(&mut *out, flate2::Compression::new(level));
             enc.write_all(data)
                 .and_then(|_| enc.finish())
-                .map_err(encode_error)?
+                .map_err(encode_error)?;
         }
         Codec::S2 | Codec::Lz4 => {
             return Err(FormatError::Unsupported {
@@ -173,14 +179,33 @@ pub fn compress(header_id: u32, data: &[u8]) -> Result<Option<Vec<u8>>> {
             });
         }
     };
-    Ok((out.len() < data.len()).then_some(out))
+    Ok(out.len() < data.len())
 }
 
-fn header_vec(header: &[u8; HEADER_LEN], data_len: usize) -> Vec<u8> {
+/// Bytes from the start of a payload that [`worth_compressing`] compresses as a sample.
+pub const PROBE_LEN: usize = 64 << 10;
+
+/// Whether compressing `data` with `header_id` is likely to shrink it, judged by compressing its
+/// first [`PROBE_LEN`] bytes: a sample that saves less than 1/64 of its size means the payload
+/// (random or already compressed data) would almost surely be stored raw anyway, so the full
+/// compression pass is skipped. Short payloads are always worth trying.
+pub fn worth_compressing(header_id: u32, data: &[u8]) -> Result<bool> {
+    if header_id == 0 {
+        return Ok(false);
+    }
+    if data.len() < 4 * PROBE_LEN {
+        return Ok(true);
+    }
+    PROBE_BUFFER.with_borrow_mut(|out| {
+        compress_into(header_id, &data[..PROBE_LEN], out)?;
+        Ok(out.len() < PROBE_LEN - PROBE_LEN / 64)
+    })
+}
+
+fn reserve_header(out: &mut Vec<u8>, header: &[u8; HEADER_LEN], data_len: usize) {
     // Output larger than the input is discarded anyway, so this rarely reallocates.
-    let mut v = Vec::with_capacity(HEADER_LEN + data_len / 2 + 64);
-    v.extend_from_slice(header);
-    v
+    out.reserve(HEADER_LEN + data_len / 2 + 64);
+    out.extend_from_slice(header);
 }
 
 fn encode_error(e: std::io::Error) -> FormatError {
@@ -192,6 +217,7 @@ thread_local! {
     // hot path allocation-light.
     static ZSTD_CCTX: RefCell<[Option<CCtx<'static>>; ZSTD_CONTEXTS]> = const { RefCell::new([None, None, None, None]) };
     static ZSTD_DCTX: RefCell<Option<DCtx<'static>>> = const { RefCell::new(None) };
+    static PROBE_BUFFER: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn zstd_error(what: &'static str, code: usize) -> FormatError {
@@ -207,7 +233,8 @@ fn zstd_compress(
     level: i32,
     header: &[u8; HEADER_LEN],
     data: &[u8],
-) -> Result<Vec<u8>> {
+    out: &mut Vec<u8>,
+) -> Result<()> {
     ZSTD_CCTX.with_borrow_mut(|contexts| {
         let cctx = match &mut contexts[slot] {
             Some(c) => c,
@@ -221,16 +248,16 @@ fn zstd_compress(
                 empty.insert(c)
             }
         };
-        let mut out = Vec::with_capacity(HEADER_LEN + zstd_safe::compress_bound(data.len()));
+        out.reserve(HEADER_LEN + zstd_safe::compress_bound(data.len()));
         out.extend_from_slice(header);
-        let mut cursor = Cursor::new(&mut out);
+        let mut cursor = Cursor::new(out);
         cursor.set_position(HEADER_LEN as u64);
         let r = cctx.compress2(&mut cursor, data);
         if let Err(code) = r {
             let _ = cctx.reset(ResetDirective::SessionOnly);
             return Err(zstd_error("zstd compression", code));
         }
-        Ok(out)
+        Ok(())
     })
 }
 
@@ -458,6 +485,39 @@ mod tests {
             compress(0, b"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn probe_skips_random_data_and_keeps_compressible_data() {
+        let mut random = vec![0u8; 8 * PROBE_LEN];
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        for b in &mut random {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        let text = sample(8 * PROBE_LEN);
+        for id in [0x1000, 0x1101, 0x1500] {
+            assert!(!worth_compressing(id, &random).unwrap(), "{id:#x} random");
+            assert!(worth_compressing(id, &text).unwrap(), "{id:#x} text");
+            assert!(
+                worth_compressing(id, &random[..PROBE_LEN]).unwrap(),
+                "{id:#x} short"
+            );
+        }
+        assert!(!worth_compressing(0, &text).unwrap());
+    }
+
+    #[test]
+    fn compress_into_reuses_the_buffer_and_matches_compress() {
+        let text = sample(100_000);
+        let mut out = b"stale bytes".to_vec();
+        for id in [0x1000, 0x1101, 0x1500] {
+            assert!(compress_into(id, &text, &mut out).unwrap());
+            assert_eq!(Some(out.clone()), compress(id, &text).unwrap());
+            assert_eq!(decompress(id, &out, text.len()).unwrap(), text);
+        }
     }
 
     #[test]

@@ -18,8 +18,8 @@ pub enum KeyDerivationAlgorithm {
 pub const MIN_SALT_LEN: usize = 16;
 
 const SCRYPT_LOG_N: u8 = 16;
-const SCRYPT_R: u32 = 8;
-const SCRYPT_P: u32 = 1;
+const SCRYPT_R: usize = 8;
+const SCRYPT_P: usize = 1;
 const PBKDF2_ITERATIONS: u32 = 600_000;
 
 impl KeyDerivationAlgorithm {
@@ -57,10 +57,14 @@ impl KeyDerivationAlgorithm {
         let mut key = [0u8; 32];
         match self {
             KeyDerivationAlgorithm::Scrypt65536_8_1 => {
-                let params = scrypt::Params::new(SCRYPT_LOG_N, SCRYPT_R, SCRYPT_P, key.len())
-                    .map_err(|e| FormatError::malformed("scrypt parameters", e.to_string()))?;
-                scrypt::scrypt(password, salt, &params, &mut key)
-                    .map_err(|e| FormatError::malformed("scrypt output length", e.to_string()))?;
+                crate::scrypt_half_memory::scrypt(
+                    password,
+                    salt,
+                    SCRYPT_LOG_N,
+                    SCRYPT_R,
+                    SCRYPT_P,
+                    &mut key,
+                );
             }
             KeyDerivationAlgorithm::Pbkdf2Sha256_600000 => {
                 pbkdf2::pbkdf2_hmac::<Sha256>(password, salt, PBKDF2_ITERATIONS, &mut key);

@@ -27,6 +27,7 @@ pub mod maintenance;
 pub mod object;
 pub mod pack;
 pub mod s2;
+mod scrypt_half_memory;
 pub mod session;
 pub mod snapshot;
 pub mod splitter;

@@ -2,12 +2,13 @@
 //! a lookup picks kopia's merge winner (newest, then live over deleted, then greater pack ID) and
 //! hides deleted entries at or before the deletion watermark.
 //!
-//! Indexes stay in their stored binary form (kopia's v1/v2 entries are 30–40 bytes), so memory is
-//! proportional to the index size; merged iteration is a streaming k-way merge that allocates
-//! nothing per content beyond the entry it yields. Cloning is cheap (shared indexes), which lets
-//! long iterations run over a stable snapshot while writers keep flushing.
+//! The blobs loaded together are merged once into a [`CompactIndex`] (about 40 bytes per content,
+//! winners only), so a lookup costs the same however many index blobs the repository has. Indexes
+//! that arrive later (own flushes, a refresh) are probed beside it until there are a few, then
+//! folded in. Cloning is cheap (shared tables), which lets long iterations run over a stable
+//! snapshot while writers keep flushing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
@@ -18,6 +19,7 @@ use kmover_format::index::merge::merge_sorted;
 use kmover_format::index::{Index, IndexEntry, is_greater};
 use tokio::sync::Semaphore;
 
+use crate::compact_index::{CompactBuilder, CompactIndex};
 use crate::crypto::RepoCrypto;
 use crate::error::{RepoError, Result};
 use crate::index_blobs::{self, ActiveIndexSet};
@@ -30,6 +32,12 @@ const FETCH_BUDGET_BYTES: usize = 64 << 20;
 const FETCH_BUDGET_UNIT: usize = 64 << 10;
 /// Attempts at loading when an index blob vanishes between listing and fetching (compaction).
 const LOAD_ATTEMPTS: u32 = 10;
+/// Indexes probed beside the merged table before they are folded into it: each one adds a
+/// binary search to every lookup, a fold costs one pass over the table.
+const MAX_UNMERGED: usize = 4;
+/// Against a large table, small flushes (a GC's batches of deletions) stay unmerged up to this
+/// many, while their entries are under a tenth of the table's: every fold copies the whole table.
+const MAX_UNMERGED_BESIDE_LARGE_TABLE: usize = 32;
 
 /// One parsed index: a stored blob, or a shard this process flushed (`blob_id` is then `None`).
 #[derive(Debug)]
@@ -40,7 +48,14 @@ pub struct LoadedIndex {
 
 #[derive(Clone, Default)]
 pub struct CommittedIndex {
-    indexes: Vec<Arc<LoadedIndex>>,
+    /// Winners of every index merged so far.
+    table: Arc<CompactIndex>,
+    /// The stored index blobs merged into `table`.
+    table_blobs: Arc<[String]>,
+    /// Whether `table` also holds indexes without a blob ID (then it cannot be reused on reload).
+    table_has_unnamed: bool,
+    /// Indexes added after `table` was built, probed beside it.
+    recent: Vec<Arc<LoadedIndex>>,
     /// Unix seconds: deleted entries at or before it are treated as absent.
     watermark: Option<i64>,
 }
@@ -50,31 +65,41 @@ impl CommittedIndex {
         Self::load_reusing(store, crypto, &CommittedIndex::default()).await
     }
 
-    /// Loads the current index set, taking the blobs `previous` already holds from it (index
-    /// blobs never change), so a refresh fetches and decodes only what is new and never holds
-    /// two copies of a large index.
+    /// A view over `indexes` (already parsed), merged into one table.
+    pub fn from_indexes(indexes: Vec<LoadedIndex>, watermark: Option<i64>) -> Result<Self> {
+        let mut builder = CompactBuilder::new();
+        let mut blobs = Vec::new();
+        let mut has_unnamed = false;
+        for loaded in &indexes {
+            builder.add_index(&loaded.index)?;
+            match &loaded.blob_id {
+                Some(id) => blobs.push(id.clone()),
+                None => has_unnamed = true,
+            }
+        }
+        Ok(CommittedIndex {
+            table: Arc::new(builder.finish()?),
+            table_blobs: blobs.into(),
+            table_has_unnamed: has_unnamed,
+            recent: Vec::new(),
+            watermark,
+        })
+    }
+
+    /// Loads the current index set. Index blobs never change, so when every blob merged into
+    /// `previous` is still part of the set, its table is kept and only the new blobs are fetched;
+    /// after a compaction removed some, everything is merged again.
     pub async fn load_reusing(
         store: &DynBlobStore,
         crypto: &RepoCrypto,
         previous: &CommittedIndex,
     ) -> Result<(Self, ActiveIndexSet)> {
-        let known: HashMap<&str, &Arc<LoadedIndex>> = previous
-            .indexes
-            .iter()
-            .filter_map(|l| l.blob_id.as_deref().map(|id| (id, l)))
-            .collect();
         let mut delay = std::time::Duration::from_millis(100);
         let mut attempt = 1;
         loop {
             let set = index_blobs::active_index_set(store, crypto).await?;
-            match Self::fetch_all(store, crypto, &set, &known).await {
-                Ok(indexes) => {
-                    let ci = CommittedIndex {
-                        indexes,
-                        watermark: set.watermark,
-                    };
-                    return Ok((ci, set));
-                }
+            match Self::load_set(store, crypto, &set, previous).await {
+                Ok(ci) => return Ok((ci, set)),
                 Err(RepoError::Blob(e)) if e.is_not_found() && attempt < LOAD_ATTEMPTS => {
                     tokio::time::sleep(delay).await;
                     delay *= 2;
@@ -85,16 +110,192 @@ impl CommittedIndex {
         }
     }
 
-    async fn fetch_all(
+    async fn load_set(
         store: &DynBlobStore,
         crypto: &RepoCrypto,
         set: &ActiveIndexSet,
-        known: &HashMap<&str, &Arc<LoadedIndex>>,
-    ) -> Result<Vec<Arc<LoadedIndex>>> {
-        let budget = Semaphore::new(FETCH_BUDGET_BYTES / FETCH_BUDGET_UNIT);
-        let budget = &budget;
-        futures::stream::iter(set.blobs.iter().map(|b| (b.id.clone(), b.length)))
-            .map(|(id, length)| async move {
+        previous: &CommittedIndex,
+    ) -> Result<Self> {
+        let active: HashSet<&str> = set.blobs.iter().map(|b| b.id.as_str()).collect();
+        let known: HashMap<&str, &Arc<LoadedIndex>> = previous
+            .recent
+            .iter()
+            .filter_map(|l| l.blob_id.as_deref().map(|id| (id, l)))
+            .collect();
+        let reuse_table = !previous.table_has_unnamed
+            && previous
+                .table_blobs
+                .iter()
+                .all(|id| active.contains(id.as_str()));
+        if reuse_table {
+            let merged: HashSet<&str> = previous.table_blobs.iter().map(String::as_str).collect();
+            let missing: Vec<(String, u64)> = set
+                .blobs
+                .iter()
+                .filter(|b| !merged.contains(b.id.as_str()))
+                .map(|b| (b.id.clone(), b.length))
+                .collect();
+            let recent = fetch_stream(store, crypto, missing, &known)
+                .try_collect::<Vec<_>>()
+                .await?;
+            let mut ci = CommittedIndex {
+                table: Arc::clone(&previous.table),
+                table_blobs: Arc::clone(&previous.table_blobs),
+                table_has_unnamed: false,
+                recent,
+                watermark: set.watermark,
+            };
+            ci.fold_if_needed()?;
+            return Ok(ci);
+        }
+        // Each index is merged as it arrives and then dropped, so only the table and the blobs
+        // in flight are in memory.
+        let all = set.blobs.iter().map(|b| (b.id.clone(), b.length)).collect();
+        let mut builder = CompactBuilder::new();
+        let mut blobs = Vec::with_capacity(set.blobs.len());
+        let mut stream = std::pin::pin!(fetch_stream(store, crypto, all, &known));
+        while let Some(loaded) = stream.try_next().await? {
+            builder.add_index(&loaded.index)?;
+            blobs.extend(loaded.blob_id.clone());
+        }
+        Ok(CommittedIndex {
+            table: Arc::new(builder.finish()?),
+            table_blobs: blobs.into(),
+            table_has_unnamed: false,
+            recent: Vec::new(),
+            watermark: set.watermark,
+        })
+    }
+
+    /// Merges the recent indexes into the table once there are too many to probe one by one.
+    fn fold_if_needed(&mut self) -> Result<()> {
+        if self.recent.len() <= MAX_UNMERGED {
+            return Ok(());
+        }
+        let recent_entries: usize = self.recent.iter().map(|l| l.index.len()).sum();
+        if self.recent.len() <= MAX_UNMERGED_BESIDE_LARGE_TABLE
+            && recent_entries * 10 < self.table.len()
+        {
+            return Ok(());
+        }
+        let mut builder = CompactBuilder::new();
+        builder.add_compact(&self.table)?;
+        let mut blobs = self.table_blobs.to_vec();
+        for loaded in &self.recent {
+            builder.add_index(&loaded.index)?;
+            match &loaded.blob_id {
+                Some(id) => blobs.push(id.clone()),
+                None => self.table_has_unnamed = true,
+            }
+        }
+        self.table = Arc::new(builder.finish()?);
+        self.table_blobs = blobs.into();
+        self.recent.clear();
+        Ok(())
+    }
+
+    /// The merge winner for `id`, including deleted entries (not yet hidden by the watermark).
+    pub fn lookup_including_deleted(&self, id: &ContentId) -> Option<IndexEntry> {
+        let mut best = self.table.lookup(id);
+        for loaded in &self.recent {
+            if let Some(e) = loaded.index.lookup(id)
+                && best.as_ref().is_none_or(|b| is_greater(&e, b))
+            {
+                best = Some(e);
+            }
+        }
+        best.filter(|e| !self.hidden_by_watermark(e))
+    }
+
+    pub fn hidden_by_watermark(&self, e: &IndexEntry) -> bool {
+        e.deleted && self.watermark.is_some_and(|w| e.timestamp_seconds <= w)
+    }
+
+    /// Adds an index blob this process just wrote, so its entries are visible at once.
+    pub fn add_own(&mut self, blob_id: Option<String>, index: Index) {
+        if index.is_empty() {
+            return;
+        }
+        self.recent.push(Arc::new(LoadedIndex { blob_id, index }));
+        if let Err(e) = self.fold_if_needed() {
+            // Folding fails only past the table's limits; probing the recent indexes one by one
+            // stays correct, just slower.
+            tracing::warn!("index entries stay unmerged: {e}");
+        }
+    }
+
+    /// Every content's winning entry in content-ID order, deleted ones included unless the
+    /// watermark hides them. Streams: nothing is collected.
+    pub fn iter(&self) -> impl Iterator<Item = IndexEntry> + '_ {
+        let visible = |e: &IndexEntry| !self.hidden_by_watermark(e);
+        if self.recent.is_empty() {
+            return Box::new(self.table.iter().filter(visible))
+                as Box<dyn Iterator<Item = IndexEntry> + '_>;
+        }
+        let mut sources: Vec<Box<dyn Iterator<Item = IndexEntry> + '_>> =
+            vec![Box::new(self.table.iter())];
+        sources.extend(
+            self.recent
+                .iter()
+                .map(|l| Box::new(l.index.iter()) as Box<dyn Iterator<Item = IndexEntry>>),
+        );
+        Box::new(merge_sorted(sources).filter(visible))
+    }
+
+    /// Every content's winning entry in content-ID order, collected.
+    pub fn merged_entries(&self) -> Vec<IndexEntry> {
+        self.iter().collect()
+    }
+
+    pub fn index_blob_ids(&self) -> impl Iterator<Item = &str> {
+        self.table_blobs
+            .iter()
+            .map(String::as_str)
+            .chain(self.recent.iter().filter_map(|l| l.blob_id.as_deref()))
+    }
+
+    /// The parsed index of stored blob `blob_id`, if this view still holds it as such (blobs
+    /// merged into the table are not kept: callers fetch those).
+    pub fn loaded(&self, blob_id: &str) -> Option<Arc<LoadedIndex>> {
+        self.recent
+            .iter()
+            .find(|l| l.blob_id.as_deref() == Some(blob_id))
+            .cloned()
+    }
+
+    pub fn watermark(&self) -> Option<i64> {
+        self.watermark
+    }
+
+    /// Entries held: one per content in the merged table, plus every entry of the indexes not
+    /// merged yet (a content in several counts once per index).
+    pub fn total_entries(&self) -> usize {
+        self.table.len() + self.recent.iter().map(|l| l.index.len()).sum::<usize>()
+    }
+
+    /// Bytes of index data held in memory.
+    pub fn memory_bytes(&self) -> usize {
+        self.table.memory_bytes()
+            + self
+                .recent
+                .iter()
+                .map(|l| l.index.as_bytes().len())
+                .sum::<usize>()
+    }
+}
+
+/// Fetches, decrypts and parses `blobs` (reusing `known` ones), in order, with bounded memory.
+fn fetch_stream<'a>(
+    store: &'a DynBlobStore,
+    crypto: &'a RepoCrypto,
+    blobs: Vec<(String, u64)>,
+    known: &'a HashMap<&str, &Arc<LoadedIndex>>,
+) -> impl futures::Stream<Item = Result<Arc<LoadedIndex>>> + 'a {
+    let budget = Arc::new(Semaphore::new(FETCH_BUDGET_BYTES / FETCH_BUDGET_UNIT));
+    futures::stream::iter(blobs)
+        .map(move |(id, length)| {
+            let budget = Arc::clone(&budget);
+            async move {
                 if let Some(loaded) = known.get(id.as_str()) {
                     return Ok(Arc::clone(loaded));
                 }
@@ -113,73 +314,9 @@ impl CommittedIndex {
                     blob_id: Some(id),
                     index,
                 }))
-            })
-            .buffered(INDEX_FETCH_PARALLELISM)
-            .try_collect()
-            .await
-    }
-
-    /// The merge winner for `id`, including deleted entries (not yet hidden by the watermark).
-    pub fn lookup_including_deleted(&self, id: &ContentId) -> Option<IndexEntry> {
-        let mut best: Option<IndexEntry> = None;
-        for loaded in &self.indexes {
-            if let Some(e) = loaded.index.lookup(id)
-                && best.as_ref().is_none_or(|b| is_greater(&e, b))
-            {
-                best = Some(e);
             }
-        }
-        best.filter(|e| !self.hidden_by_watermark(e))
-    }
-
-    pub fn hidden_by_watermark(&self, e: &IndexEntry) -> bool {
-        e.deleted && self.watermark.is_some_and(|w| e.timestamp_seconds <= w)
-    }
-
-    /// Adds an index blob this process just wrote, so its entries are visible at once.
-    pub fn add_own(&mut self, blob_id: Option<String>, index: Index) {
-        if !index.is_empty() {
-            self.indexes.push(Arc::new(LoadedIndex { blob_id, index }));
-        }
-    }
-
-    /// Every content's winning entry in content-ID order, deleted ones included unless the
-    /// watermark hides them. Streams: nothing is collected.
-    pub fn iter(&self) -> impl Iterator<Item = IndexEntry> + '_ {
-        merge_sorted(self.indexes.iter().map(|l| l.index.iter()).collect())
-            .filter(|e| !self.hidden_by_watermark(e))
-    }
-
-    /// Every content's winning entry in content-ID order, collected.
-    pub fn merged_entries(&self) -> Vec<IndexEntry> {
-        self.iter().collect()
-    }
-
-    pub fn index_blob_ids(&self) -> impl Iterator<Item = &str> {
-        self.indexes.iter().filter_map(|l| l.blob_id.as_deref())
-    }
-
-    /// The loaded index of stored blob `blob_id`, if it is part of this view.
-    pub fn loaded(&self, blob_id: &str) -> Option<Arc<LoadedIndex>> {
-        self.indexes
-            .iter()
-            .find(|l| l.blob_id.as_deref() == Some(blob_id))
-            .cloned()
-    }
-
-    pub fn watermark(&self) -> Option<i64> {
-        self.watermark
-    }
-
-    /// Entries across all loaded indexes (duplicates counted once per index).
-    pub fn total_entries(&self) -> usize {
-        self.indexes.iter().map(|l| l.index.len()).sum()
-    }
-
-    /// Bytes of index data held in memory.
-    pub fn memory_bytes(&self) -> usize {
-        self.indexes.iter().map(|l| l.index.as_bytes().len()).sum()
-    }
+        })
+        .buffered(INDEX_FETCH_PARALLELISM)
 }
 
 #[cfg(test)]
@@ -213,8 +350,8 @@ mod tests {
     #[test]
     fn merged_view_picks_winners_and_applies_the_watermark() {
         let mut ci = CommittedIndex {
-            indexes: Vec::new(),
             watermark: Some(50),
+            ..CommittedIndex::default()
         };
         ci.add_own(
             None,
@@ -251,5 +388,79 @@ mod tests {
         );
         assert_eq!(ci.total_entries(), 6);
         assert_eq!(ci.index_blob_ids().count(), 0);
+    }
+
+    #[test]
+    fn small_flushes_beside_a_large_table_fold_only_in_bulk() {
+        let mut ci = CommittedIndex::default();
+        let large: Vec<IndexEntry> = (0..2000u32)
+            .map(|i| entry(&format!("{i:08x}"), 10, "pbig", false))
+            .collect();
+        for chunk in large.chunks(400) {
+            ci.add_own(None, index(chunk));
+        }
+        assert_eq!(ci.table.len(), 2000, "the first flushes fold as usual");
+        // A GC deleting in small batches: each fold would copy all 2000 entries.
+        for batch in 0..MAX_UNMERGED_BESIDE_LARGE_TABLE {
+            let deleted = entry(&format!("{batch:08x}"), 20, "pbig", true);
+            ci.add_own(None, index(&[deleted]));
+        }
+        assert_eq!(ci.recent.len(), MAX_UNMERGED_BESIDE_LARGE_TABLE);
+        let first = ContentId::parse("00000000").unwrap();
+        assert!(ci.lookup_including_deleted(&first).unwrap().deleted);
+        ci.add_own(None, index(&[entry("ffffffff", 30, "p2", false)]));
+        assert!(ci.recent.is_empty(), "folded once there were too many");
+        assert_eq!(ci.table.len(), 2001);
+        assert!(ci.lookup_including_deleted(&first).unwrap().deleted);
+    }
+
+    #[test]
+    fn recent_indexes_fold_into_the_table_without_changing_the_view() {
+        let mut ci = CommittedIndex {
+            watermark: Some(50),
+            ..CommittedIndex::default()
+        };
+        let mut before_fold = None;
+        // Every round adds a newer version of "aa11" and one new content.
+        for round in 0..=MAX_UNMERGED as i64 + 2 {
+            let fresh = format!("{:02x}22", 0x10 + round);
+            ci.add_own(
+                Some(format!("xn{round}")),
+                index(&[
+                    entry("aa11", 10 + round, &format!("p{round}"), round == 3),
+                    entry(&fresh, 10, "p1", false),
+                ]),
+            );
+            if round == 0 {
+                assert!(ci.loaded("xn0").is_some(), "held as parsed until folded");
+            }
+            if round == MAX_UNMERGED as i64 - 1 {
+                before_fold = Some(ci.merged_entries());
+            }
+        }
+        assert!(ci.recent.len() <= MAX_UNMERGED, "folded");
+        assert!(
+            ci.loaded("xn0").is_none(),
+            "merged blobs are not kept parsed"
+        );
+        let ids: Vec<&str> = ci.index_blob_ids().collect();
+        assert_eq!(
+            ids.len(),
+            MAX_UNMERGED + 3,
+            "every blob is still listed: {ids:?}"
+        );
+        let aa = ci
+            .lookup_including_deleted(&ContentId::parse("aa11").unwrap())
+            .unwrap();
+        assert_eq!(aa.timestamp_seconds, 10 + MAX_UNMERGED as i64 + 2);
+        assert_eq!(&*aa.pack_blob_id, format!("p{}", MAX_UNMERGED + 2));
+        let listed = ci.merged_entries();
+        assert_eq!(listed.len(), MAX_UNMERGED + 4);
+        // What was visible before the fold still is, except for newer versions of "aa11".
+        for e in before_fold.unwrap() {
+            if e.content_id != ContentId::parse("aa11").unwrap() {
+                assert!(listed.contains(&e), "{e:?}");
+            }
+        }
     }
 }

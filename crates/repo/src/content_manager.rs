@@ -25,7 +25,16 @@ use crate::repository::Clock;
 /// Index entries per index blob, as kopia's `DefaultIndexShardSize`.
 const INDEX_SHARD_SIZE: usize = 16_000_000;
 /// Packs uploaded concurrently by one writer before `write_content` waits for one to finish.
-const MAX_UPLOADS_IN_FLIGHT: usize = 4;
+/// Each holds a whole pack in memory; two keep the store busy while the next pack fills.
+const MAX_UPLOADS_IN_FLIGHT: usize = 1;
+/// Uploaded pack buffers kept for the next packs, so a long backup reuses memory it already
+/// touched instead of faulting in a fresh ~20 MiB buffer per pack.
+const SPARE_PACK_BUFFERS: usize = 1;
+/// Capacity of a pack buffer past the pack size limit: the largest splitter chunk (16 MiB), its
+/// encryption overhead, padding and the local index.
+const PACK_BUFFER_HEADROOM: usize = 17 << 20;
+/// Compression output buffers kept for reuse (about one per concurrent writer).
+const SPARE_COMPRESSION_BUFFERS: usize = 2;
 /// kopia flushes automatically when this long has passed since the last index flush.
 const AUTO_FLUSH_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
@@ -34,6 +43,9 @@ pub struct ContentManager {
     crypto: Arc<RepoCrypto>,
     committed: RwLock<CommittedIndex>,
     writer: Mutex<WriterState>,
+    /// Reused compression outputs: a chunk's compressed form lives only until it is encrypted
+    /// into its pack.
+    compression_buffers: std::sync::Mutex<Vec<Vec<u8>>>,
     clock: Clock,
     username: String,
     hostname: String,
@@ -50,16 +62,33 @@ struct PendingPack {
     entries: Vec<IndexEntry>,
 }
 
-/// A content as stored in a pack, ready to be appended to another one.
+/// What a pack gets for one content.
+enum Packed<'a> {
+    /// Already encrypted: `nonce || ciphertext || tag`, appended as it is.
+    Sealed(&'a [u8]),
+    /// The (possibly compressed) payload, encrypted straight into the pack.
+    Plain(&'a [u8]),
+}
+
+impl Packed<'_> {
+    fn packed_len(&self) -> usize {
+        match self {
+            Packed::Sealed(b) => b.len(),
+            Packed::Plain(p) => p.len() + kmover_format::encryption::OVERHEAD,
+        }
+    }
+}
+
+/// A content as it goes into a pack.
 struct StoredForm<'a> {
-    /// `nonce || ciphertext || tag`.
-    bytes: &'a [u8],
+    bytes: Packed<'a>,
     original_length: u32,
     compression_header_id: u32,
     format_version: u8,
 }
 
-/// A finalized pack being uploaded: its bytes (for reads) and entries (indexed once it is stored).
+/// A finalized pack being uploaded: its bytes (shared with the upload, for reads) and entries
+/// (indexed once it is stored).
 type UploadingPack = (Arc<Vec<u8>>, Vec<IndexEntry>);
 
 struct WriterState {
@@ -73,6 +102,8 @@ struct WriterState {
     /// Every entry written since the last flush, for dedup and read-your-writes.
     written: HashMap<ContentId, IndexEntry>,
     last_flush: DateTime<Utc>,
+    /// Buffers of uploaded packs, cleared, for the next packs.
+    spare_packs: Vec<Vec<u8>>,
 }
 
 impl WriterState {
@@ -118,7 +149,9 @@ impl ContentManager {
                 stored: Vec::new(),
                 written: HashMap::new(),
                 last_flush: now,
+                spare_packs: Vec::new(),
             }),
+            compression_buffers: std::sync::Mutex::new(Vec::new()),
             clock,
             username,
             hostname,
@@ -158,17 +191,39 @@ impl ContentManager {
         if previous.as_ref().is_some_and(|e| !e.deleted) {
             return Ok(id);
         }
-        let (payload, header_id) = self.compress(&id, data, compression)?;
-        let encrypted = self
-            .crypto
-            .encryptor
-            .encrypt(&payload, id.iv(), random_bytes());
         let original_length = u32::try_from(data.len())
             .map_err(|_| RepoError::Other(format!("content {id} is too large")))?;
+        let mut compressed = self.take_compression_buffer();
+        let result = self
+            .store_new_content(
+                id,
+                data,
+                compression,
+                original_length,
+                previous,
+                &mut compressed,
+            )
+            .await;
+        self.return_compression_buffer(compressed);
+        result.map(|()| id)
+    }
+
+    /// Compresses `data` (into `compressed`) and appends it, encrypted, to a pack.
+    async fn store_new_content(
+        &self,
+        id: ContentId,
+        data: &[u8],
+        compression: Option<u32>,
+        original_length: u32,
+        previous: Option<IndexEntry>,
+        compressed: &mut Vec<u8>,
+    ) -> Result<()> {
+        let header_id = self.compress(&id, data, compression, compressed)?;
+        let payload = if header_id == 0 { data } else { compressed };
 
         let mut w = self.writer.lock().await;
         if w.written.get(&id).is_some_and(|e| !e.deleted) {
-            return Ok(id);
+            return Ok(());
         }
         let previous_ts = w
             .written
@@ -176,7 +231,7 @@ impl ContentManager {
             .or(previous.as_ref())
             .map(|e| e.timestamp_seconds);
         let stored = StoredForm {
-            bytes: &encrypted,
+            bytes: Packed::Plain(payload),
             original_length,
             compression_header_id: header_id,
             format_version: self.crypto.format_version(),
@@ -186,7 +241,26 @@ impl ContentManager {
         if (self.clock)() - w.last_flush >= AUTO_FLUSH_INTERVAL {
             self.flush_locked(&mut w).await?;
         }
-        Ok(id)
+        Ok(())
+    }
+
+    fn take_compression_buffer(&self) -> Vec<u8> {
+        self.compression_buffers
+            .lock()
+            .expect("buffer pool lock poisoned")
+            .pop()
+            .unwrap_or_default()
+    }
+
+    fn return_compression_buffer(&self, mut buffer: Vec<u8>) {
+        buffer.clear();
+        let mut pool = self
+            .compression_buffers
+            .lock()
+            .expect("buffer pool lock poisoned");
+        if pool.len() < SPARE_COMPRESSION_BUFFERS {
+            pool.push(buffer);
+        }
     }
 
     /// Appends one stored (encrypted) content to the pending pack of its kind, with a timestamp
@@ -203,7 +277,8 @@ impl ContentManager {
         let slot = usize::from(id.has_prefix());
         if w.pending[slot].is_none() {
             let session_id = self.ensure_session(w).await?;
-            w.pending[slot] = Some(self.new_pending_pack(slot, &session_id));
+            let pack = self.new_pending_pack(w, slot, &session_id);
+            w.pending[slot] = Some(pack);
         }
         let pending = w.pending[slot]
             .as_mut()
@@ -215,20 +290,29 @@ impl ContentManager {
             pack_blob_id: pending.blob_id.clone(),
             pack_offset: u32::try_from(pending.data.len())
                 .map_err(|_| RepoError::Other("pack offset overflow".into()))?,
-            packed_length: u32::try_from(stored.bytes.len())
+            packed_length: u32::try_from(stored.bytes.packed_len())
                 .map_err(|_| RepoError::Other(format!("content {id} is too large")))?,
             original_length: stored.original_length,
             compression_header_id: stored.compression_header_id,
             format_version: stored.format_version,
             encryption_key_id: 0,
         };
-        pending.data.extend_from_slice(stored.bytes);
+        match stored.bytes {
+            Packed::Sealed(bytes) => pending.data.extend_from_slice(bytes),
+            // Encrypting under the writer lock costs little (AES-GCM runs at several GB/s) and
+            // saves a ciphertext buffer and a copy per content.
+            Packed::Plain(payload) => self.crypto.encryptor.encrypt_into(
+                payload,
+                id.iv(),
+                random_bytes(),
+                &mut pending.data,
+            ),
+        }
         pending.entries.push(entry.clone());
         let full = pending.data.len() >= self.crypto.max_pack_size();
         w.written.insert(id, entry);
         if full {
-            let pack = w.pending[slot].take().expect("pending pack present");
-            self.start_upload(w, pack).await?;
+            self.start_upload(w, slot).await?;
         }
         Ok(())
     }
@@ -262,7 +346,7 @@ impl ContentManager {
         };
         self.decode_packed(&entry, &bytes)?;
         let stored = StoredForm {
-            bytes: &bytes,
+            bytes: Packed::Sealed(&bytes),
             original_length: entry.original_length,
             compression_header_id: entry.compression_header_id,
             format_version: entry.format_version,
@@ -277,36 +361,48 @@ impl ContentManager {
             .await
     }
 
+    /// Compresses `data` into `out` and returns the header ID to record, or 0 when the data is
+    /// to be stored raw (no compression asked, or it would not shrink).
     fn compress(
         &self,
         id: &ContentId,
         data: &[u8],
         compression: Option<u32>,
-    ) -> Result<(Vec<u8>, u32)> {
+        out: &mut Vec<u8>,
+    ) -> Result<u32> {
         let Some(header_id) = compression.filter(|&h| h != 0) else {
-            return Ok((data.to_vec(), 0));
+            return Ok(0);
         };
         if self.crypto.index_version() < 2 {
             // Index v1 cannot record compression: kopia stores metadata raw and refuses data.
             if id.has_prefix() {
-                return Ok((data.to_vec(), 0));
+                return Ok(0);
             }
             return Err(RepoError::Other(
                 "compression requires index format v2; this repository uses v1 (upgrade it first)"
                     .into(),
             ));
         }
-        Ok(match compression::compress(header_id, data)? {
-            Some(c) => (c, header_id),
-            None => (data.to_vec(), 0),
+        if !compression::worth_compressing(header_id, data)? {
+            return Ok(0);
+        }
+        Ok(if compression::compress_into(header_id, data, out)? {
+            header_id
+        } else {
+            0
         })
     }
 
-    fn new_pending_pack(&self, slot: usize, session_id: &str) -> PendingPack {
+    fn new_pending_pack(&self, w: &mut WriterState, slot: usize, session_id: &str) -> PendingPack {
         let letter = if slot == 0 { 'p' } else { 'q' };
         let blob_id: Arc<str> =
             format!("{letter}{}-{session_id}", hex::encode(random_bytes::<16>())).into();
-        let mut data = Vec::with_capacity(self.crypto.max_pack_size() + (1 << 20));
+        // Room for a last content of the largest chunk size past the limit, so the buffer never
+        // reallocates (a copy of the whole pack); untouched capacity costs no memory, and a
+        // reused buffer saves faulting its pages in again.
+        let mut data = w.spare_packs.pop().unwrap_or_else(|| {
+            Vec::with_capacity(self.crypto.max_pack_size() + PACK_BUFFER_HEADROOM)
+        });
         if !self.crypto.config.enable_password_change {
             // Packs of v1-created repositories start with a checksummed copy of the format blob.
             if let Ok(replica) = format_blob::checksummed_replica(&self.crypto.format_blob_bytes) {
@@ -352,12 +448,25 @@ impl ContentManager {
     }
 
     /// Pads the pack, appends its encrypted local index and postamble, and starts uploading it.
-    async fn start_upload(&self, w: &mut WriterState, pack: PendingPack) -> Result<()> {
-        let PendingPack {
+    /// Does nothing when `slot` has no pending pack. Cancel-safe: it waits for room among the
+    /// uploads before taking the pack, and from then on does not yield until the upload is
+    /// registered, so a dropped caller (e.g. a checkpoint cut short) never loses a pack whose
+    /// contents `written` already lists.
+    async fn start_upload(&self, w: &mut WriterState, slot: usize) -> Result<()> {
+        if w.pending[slot].is_none() {
+            return Ok(());
+        }
+        while w.uploads.len() >= MAX_UPLOADS_IN_FLIGHT {
+            Self::finish_one_upload(w).await?;
+        }
+        let Some(PendingPack {
             blob_id,
             mut data,
             entries,
-        } = pack;
+        }) = w.pending[slot].take()
+        else {
+            return Ok(());
+        };
         let pad = pack::padding_len(data.len());
         let mut padding = vec![0u8; pad];
         getrandom::fill(&mut padding).expect("the OS random source failed");
@@ -381,17 +490,12 @@ impl ContentManager {
         };
         data.extend_from_slice(&postamble.encode());
 
-        while w.uploads.len() >= MAX_UPLOADS_IN_FLIGHT {
-            Self::finish_one_upload(w).await?;
-        }
         let data = Arc::new(data);
         let store = self.store.clone();
         let (id, bytes) = (blob_id.clone(), data.clone());
+        // The pack stays shared with `uploading` (reads of its contents) instead of being copied.
         w.uploads.spawn(async move {
-            let r = store
-                .put(&id, bytes.as_ref().clone())
-                .await
-                .map_err(RepoError::from);
+            let r = store.put_shared(&id, bytes).await.map_err(RepoError::from);
             (id, r)
         });
         w.uploading.insert(blob_id, (data, entries));
@@ -404,7 +508,13 @@ impl ContentManager {
         };
         let (blob_id, result) =
             joined.map_err(|e| RepoError::Other(format!("pack upload task failed: {e}")))?;
-        let (_, entries) = w.uploading.remove(&blob_id).expect("upload was registered");
+        let (data, entries) = w.uploading.remove(&blob_id).expect("upload was registered");
+        if w.spare_packs.len() < SPARE_PACK_BUFFERS
+            && let Ok(mut buffer) = Arc::try_unwrap(data)
+        {
+            buffer.clear();
+            w.spare_packs.push(buffer);
+        }
         match result {
             Ok(()) => {
                 w.stored.extend(entries);
@@ -428,9 +538,7 @@ impl ContentManager {
 
     async fn flush_locked(&self, w: &mut WriterState) -> Result<()> {
         for slot in 0..2 {
-            if let Some(pack) = w.pending[slot].take() {
-                self.start_upload(w, pack).await?;
-            }
+            self.start_upload(w, slot).await?;
         }
         let mut first_error = None;
         while !w.uploads.is_empty() {
@@ -515,7 +623,11 @@ impl ContentManager {
             timestamp_seconds: now.max(current.timestamp_seconds + 1),
             ..current
         };
-        w.stored.retain(|e| e.content_id != *id);
+        // `stored` only holds IDs also in `written`; scanning it for every delete made a GC of
+        // millions of contents quadratic.
+        if w.written.contains_key(id) {
+            w.stored.retain(|e| e.content_id != *id);
+        }
         w.stored.push(tombstone.clone());
         w.written.insert(*id, tombstone);
         Ok(())
@@ -615,7 +727,7 @@ impl ContentManager {
             Some(bytes) => bytes,
             None => self.fetch_packed(&entry).await?,
         };
-        self.decode_packed(&entry, &bytes)
+        self.decode_packed_owned(&entry, bytes)
     }
 
     async fn fetch_packed(&self, e: &IndexEntry) -> Result<Vec<u8>> {
@@ -631,17 +743,38 @@ impl ContentManager {
 
     /// Decrypts and decompresses one content's stored bytes.
     pub fn decode_packed(&self, e: &IndexEntry, packed: &[u8]) -> Result<Vec<u8>> {
+        Self::check_key(e)?;
+        let plain = self
+            .crypto
+            .encryptor
+            .decrypt(packed, e.content_id.iv())
+            .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
+        Self::decompress(e, plain)
+    }
+
+    /// [`ContentManager::decode_packed`] inside the stored bytes' own buffer, so a large content
+    /// is not held twice while it is decrypted.
+    pub fn decode_packed_owned(&self, e: &IndexEntry, packed: Vec<u8>) -> Result<Vec<u8>> {
+        Self::check_key(e)?;
+        let plain = self
+            .crypto
+            .encryptor
+            .decrypt_in_place(packed, e.content_id.iv())
+            .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
+        Self::decompress(e, plain)
+    }
+
+    fn check_key(e: &IndexEntry) -> Result<()> {
         if e.encryption_key_id != 0 {
             return Err(corrupt(
                 e,
                 format!("unsupported encryption key ID {}", e.encryption_key_id),
             ));
         }
-        let plain = self
-            .crypto
-            .encryptor
-            .decrypt(packed, e.content_id.iv())
-            .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
+        Ok(())
+    }
+
+    fn decompress(e: &IndexEntry, plain: Vec<u8>) -> Result<Vec<u8>> {
         if e.compression_header_id == 0 {
             return Ok(plain);
         }
@@ -653,7 +786,7 @@ impl ContentManager {
     pub async fn verify_content(&self, e: &IndexEntry, full: bool) -> Result<()> {
         if full {
             let bytes = self.fetch_packed(e).await?;
-            self.decode_packed(e, &bytes).map(|_| ())
+            self.decode_packed_owned(e, bytes).map(|_| ())
         } else {
             let meta = self
                 .store

@@ -17,6 +17,7 @@
 //! ```
 
 pub mod committed_index;
+mod compact_index;
 pub mod content_manager;
 pub mod crypto;
 pub mod error;

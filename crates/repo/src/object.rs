@@ -29,6 +29,15 @@ pub struct ObjectWriterOptions {
     pub parallelism: usize,
 }
 
+/// Room past a whole chunk in a large chunk buffer, for the bytes one fill reads beyond it.
+/// Buffers are not reused: a kept one would stay as large as the largest chunk it held, while a
+/// fresh one only costs the pages its chunk fills.
+const FILL_SLACK: usize = 1 << 20;
+
+/// Buffers that grow past this are reserved for a whole chunk at once, so a chunk never moves
+/// while it fills; smaller objects get buffers of their own size.
+const SMALL_BUFFER: usize = 256 << 10;
+
 struct Chunk {
     start: u64,
     length: u64,
@@ -39,7 +48,10 @@ pub struct ObjectWriter {
     contents: Arc<ContentManager>,
     opts: ObjectWriterOptions,
     splitter: Box<dyn Splitter>,
+    /// Bytes of the chunk being assembled, all seen by the splitter (except while lent out).
     buffer: Vec<u8>,
+    /// Length of `buffer` when it was lent out by [`ObjectWriter::buffer_to_fill`].
+    lent_at: Option<usize>,
     position: u64,
     in_flight: VecDeque<Chunk>,
     done: Vec<IndirectEntry>,
@@ -63,6 +75,7 @@ impl ObjectWriter {
             opts,
             splitter,
             buffer: Vec::new(),
+            lent_at: None,
             position: 0,
             in_flight: VecDeque::new(),
             done: Vec::new(),
@@ -71,14 +84,18 @@ impl ObjectWriter {
     }
 
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.check_not_lent()?;
         while !data.is_empty() {
             match self.splitter.next_boundary(data) {
                 Some(n) => {
+                    self.reserve(n);
                     self.buffer.extend_from_slice(&data[..n]);
                     data = &data[n..];
-                    self.flush_chunk().await?;
+                    let chunk = std::mem::take(&mut self.buffer);
+                    self.flush_chunk(chunk).await?;
                 }
                 None => {
+                    self.reserve(data.len());
                     self.buffer.extend_from_slice(data);
                     data = &[];
                 }
@@ -87,16 +104,82 @@ impl ObjectWriter {
         Ok(())
     }
 
-    async fn flush_chunk(&mut self) -> Result<()> {
-        let chunk = std::mem::replace(
+    /// Lends out the buffer of the chunk being assembled with room for `additional` more bytes,
+    /// so a reader can append to it directly (no copy through a separate read buffer). Hand it
+    /// back with [`ObjectWriter::filled`] before any other call.
+    pub fn buffer_to_fill(&mut self, additional: usize) -> Result<Vec<u8>> {
+        self.check_not_lent()?;
+        self.reserve(additional);
+        self.lent_at = Some(self.buffer.len());
+        Ok(std::mem::take(&mut self.buffer))
+    }
+
+    /// Takes back the buffer from [`ObjectWriter::buffer_to_fill`] with bytes appended, and
+    /// writes every chunk they complete.
+    pub async fn filled(&mut self, buffer: Vec<u8>) -> Result<()> {
+        let Some(mut scanned) = self.lent_at.take() else {
+            return Err(RepoError::Other(
+                "object writer: a buffer came back that was not lent".into(),
+            ));
+        };
+        if buffer.len() < scanned {
+            return Err(RepoError::Other(
+                "object writer: the lent buffer came back shorter than it left".into(),
+            ));
+        }
+        self.buffer = buffer;
+        while let Some(n) = self.splitter.next_boundary(&self.buffer[scanned..]) {
+            let cut = scanned + n;
+            let rest = self.buffer.len() - cut;
+            let mut next = Vec::new();
+            Self::reserve_in(&mut next, rest, self.splitter.max_segment_size());
+            next.extend_from_slice(&self.buffer[cut..]);
+            self.buffer.truncate(cut);
+            let chunk = std::mem::replace(&mut self.buffer, next);
+            self.flush_chunk(chunk).await?;
+            scanned = 0;
+        }
+        Ok(())
+    }
+
+    fn check_not_lent(&self) -> Result<()> {
+        match self.lent_at {
+            Some(_) => Err(RepoError::Other(
+                "object writer: used while its buffer is lent out".into(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes room for `additional` more bytes in the chunk buffer.
+    fn reserve(&mut self, additional: usize) {
+        Self::reserve_in(
             &mut self.buffer,
-            Vec::with_capacity(self.splitter.max_segment_size().min(8 << 20)),
+            additional,
+            self.splitter.max_segment_size(),
         );
+    }
+
+    fn reserve_in(buffer: &mut Vec<u8>, additional: usize, max_segment: usize) {
+        let needed = buffer.len() + additional;
+        if needed <= buffer.capacity() {
+            return;
+        }
+        if needed <= SMALL_BUFFER {
+            buffer.reserve(additional);
+        } else {
+            // A whole chunk plus what one fill may read past its end: never reallocated again.
+            let target = needed.max(max_segment + FILL_SLACK.max(additional));
+            buffer.reserve_exact(target - buffer.len());
+        }
+    }
+
+    async fn flush_chunk(&mut self, chunk: Vec<u8>) -> Result<()> {
         let length = chunk.len() as u64;
         let contents = self.contents.clone();
         let (prefix, compression) = (self.opts.prefix, self.opts.compression);
         let write =
-            tokio::spawn(async move { write_chunk(&contents, chunk, prefix, compression).await });
+            tokio::spawn(async move { write_chunk(&contents, &chunk, prefix, compression).await });
         self.in_flight.push_back(Chunk {
             start: self.position,
             length,
@@ -139,8 +222,10 @@ impl ObjectWriter {
 
     /// Writes what remains and returns the object's ID. An empty object is one empty content.
     pub async fn finish(mut self) -> Result<ObjectId> {
+        self.check_not_lent()?;
         if !self.buffer.is_empty() || !self.wrote_any {
-            self.flush_chunk().await?;
+            let chunk = std::mem::take(&mut self.buffer);
+            self.flush_chunk(chunk).await?;
         }
         while !self.in_flight.is_empty() {
             self.finish_oldest().await?;
@@ -167,7 +252,7 @@ impl ObjectWriter {
 /// object-level compression (`Z` IDs) for unprefixed data.
 async fn write_chunk(
     contents: &ContentManager,
-    chunk: Vec<u8>,
+    chunk: &[u8],
     prefix: Option<u8>,
     compression: Option<u32>,
 ) -> Result<ObjectId> {
@@ -175,16 +260,16 @@ async fn write_chunk(
         && prefix.is_none()
         && contents.crypto().index_version() < 2
     {
-        if let Some(compressed) = compression::compress(header, &chunk)? {
+        if let Some(compressed) = compression::compress(header, chunk)? {
             let id = contents.write_content(&compressed, None, None).await?;
             return Ok(ObjectId::compressed(id));
         }
         return Ok(ObjectId::direct(
-            contents.write_content(&chunk, None, None).await?,
+            contents.write_content(chunk, None, None).await?,
         ));
     }
     Ok(ObjectId::direct(
-        contents.write_content(&chunk, prefix, compression).await?,
+        contents.write_content(chunk, prefix, compression).await?,
     ))
 }
 

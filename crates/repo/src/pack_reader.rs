@@ -165,6 +165,10 @@ pub fn decode_member(
         }
     };
     let (start, end) = span(e);
+    if range.members.len() == 1 && start == range.offset && data.len() as u64 == end - start {
+        // The range is this content alone: decrypt it where it was read.
+        return contents.decode_packed_owned(e, std::mem::take(data));
+    }
     let packed = (start >= range.offset)
         .then(|| data.get((start - range.offset) as usize..(end - range.offset) as usize))
         .flatten()

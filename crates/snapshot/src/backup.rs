@@ -26,12 +26,16 @@ use kmover_repo::object::{
     ObjectWriter, ObjectWriterOptions, open_object, read_object, write_object,
 };
 use kmover_repo::{ContentManager, Repository};
-use tokio::io::AsyncReadExt;
 use tokio::sync::{Mutex, Semaphore};
 
+use crate::backup_counters::{StatCounters, add, bump};
 use crate::checkpoint::{
     CHECKPOINT_INCOMPLETE_REASON, DirNode, MAX_CHECKPOINT_INTERVAL, UploadGuard, random_uuid,
     write_checkpoint, write_file_checkpoint,
+};
+use crate::dir_scan::{
+    Listed, SMALL_OBJECT_LIMIT, ScanError, ScanRules, Scanned, SmallItem, SmallRead,
+    index_previous, read_pending, scan_dir, write_small_object,
 };
 use crate::error::{Result, SnapshotError};
 use crate::ignore_rules::IgnoreContext;
@@ -39,9 +43,14 @@ use crate::snapshots;
 
 /// kopia's `upload.parallelUploadAboveSize` default: files larger than this are uploaded in parts.
 pub const DEFAULT_PARALLEL_UPLOAD_ABOVE_SIZE: i64 = 2 << 30;
-const READ_BUFFER: usize = 1 << 20;
-const CACHEDIR_TAG: &str = "CACHEDIR.TAG";
-const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
+/// Bytes read from a file at a time, straight into its chunk buffer: small enough that the bytes
+/// read past a chunk boundary (moved to the next chunk) are few.
+const READ_BUFFER: u64 = 512 << 10;
+/// Directory subtrees walked at once per file reader (`parallel`): enough for the blocking
+/// scans of some to overlap the hashing and writing of others.
+const SUBTREE_TASKS_PER_READER: usize = 2;
+/// Bytes of small files in a batch above which their writes are spread over `parallel` tasks.
+const PARALLEL_WRITE_BYTES: usize = 256 << 10;
 
 #[derive(Debug, Clone, Default)]
 pub struct BackupOptions {
@@ -82,18 +91,17 @@ struct Ctx {
     metadata_compression: Option<u32>,
     splitter: Option<String>,
     parallel_upload_above: i64,
+    /// Statistics of the large-file path; everything else counts in `counters`.
     stats: Mutex<SnapshotStats>,
+    counters: StatCounters,
+    scan_rules: ScanRules,
+    /// Subtrees walked on tasks of their own, beyond the one each walking task descends into:
+    /// bounds the directories in progress to about (this + 1) x the tree's depth.
+    subtree_tasks: Arc<Semaphore>,
     progress: Arc<BackupProgress>,
 }
 
-/// What lstat said about one directory entry, read while listing its parent.
-struct Listed {
-    name: Vec<u8>,
-    path: PathBuf,
-    meta: std::fs::Metadata,
-}
-
-fn entry_type(meta: &std::fs::Metadata) -> Option<EntryType> {
+pub(crate) fn entry_type(meta: &std::fs::Metadata) -> Option<EntryType> {
     let ft = meta.file_type();
     if ft.is_dir() {
         Some(EntryType::Directory)
@@ -106,7 +114,7 @@ fn entry_type(meta: &std::fs::Metadata) -> Option<EntryType> {
     }
 }
 
-fn new_entry(name: Vec<u8>, meta: &std::fs::Metadata, kind: EntryType) -> DirEntry {
+pub(crate) fn new_entry(name: Vec<u8>, meta: &std::fs::Metadata, kind: EntryType) -> DirEntry {
     DirEntry {
         name,
         entry_type: kind,
@@ -128,7 +136,7 @@ fn compression_id(name: &str) -> Option<u32> {
     }
 }
 
-fn rel_join(rel: &str, name: &[u8]) -> String {
+pub(crate) fn rel_join(rel: &str, name: &[u8]) -> String {
     let name = String::from_utf8_lossy(name);
     if rel.is_empty() {
         name.into_owned()
@@ -173,6 +181,14 @@ pub async fn backup(
             .parallel_upload_above_size
             .unwrap_or(DEFAULT_PARALLEL_UPLOAD_ABOVE_SIZE),
         stats: Mutex::new(SnapshotStats::default()),
+        counters: StatCounters::default(),
+        scan_rules: ScanRules {
+            ignore_cache_dirs: policy.files.ignore_cache_dirs.unwrap_or(true),
+            one_file_system: policy.files.one_file_system.unwrap_or(false),
+            max_file_size: policy.files.max_file_size,
+            ignore_unknown_types: policy.error_handling.ignore_unknown_types.unwrap_or(true),
+        },
+        subtree_tasks: Arc::new(Semaphore::new(parallel * SUBTREE_TASKS_PER_READER)),
         progress,
     });
     let root_name = resolved
@@ -256,7 +272,7 @@ pub async fn backup(
         )));
     };
     let end_time = now_timestamp(repo);
-    let stats = ctx.stats.lock().await.clone();
+    let stats = ctx.counters.added_to(&*ctx.stats.lock().await);
     let fatal_errors = root_entry.summary.as_ref().map_or(0, |s| s.num_failed);
     let manifest = SnapshotManifest {
         id: String::new(),
@@ -349,39 +365,6 @@ async fn checkpoint_loop(
     }
 }
 
-/// Lists `dir` and lstats every child (blocking I/O, off the async runtime).
-async fn list_dir(dir: PathBuf) -> std::io::Result<Vec<Listed>> {
-    tokio::task::spawn_blocking(move || {
-        let mut out = Vec::new();
-        for e in std::fs::read_dir(&dir)? {
-            let e = e?;
-            let path = e.path();
-            match std::fs::symlink_metadata(&path) {
-                Ok(meta) => out.push(Listed {
-                    name: e.file_name().as_bytes().to_vec(),
-                    path,
-                    meta,
-                }),
-                // Vanished between readdir and lstat: skipped silently, as kopia does.
-                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(out)
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-fn is_cache_dir(dir: &Path) -> bool {
-    use std::io::Read;
-    let Ok(mut f) = std::fs::File::open(dir.join(CACHEDIR_TAG)) else {
-        return false;
-    };
-    let mut head = [0u8; 43];
-    f.read_exact(&mut head).is_ok() && head == CACHEDIR_SIGNATURE
-}
-
 /// Loads the listings of the previous snapshots' corresponding directory (deduplicated by ID).
 async fn previous_listings(contents: &ContentManager, ids: &[ObjectId]) -> Vec<DirManifest> {
     let mut unique: Vec<ObjectId> = ids.to_vec();
@@ -414,6 +397,43 @@ enum Outcome {
     Skipped,
 }
 
+fn join_error(e: tokio::task::JoinError) -> SnapshotError {
+    SnapshotError::Other(format!("backup task failed: {e}"))
+}
+
+/// Adds an entry's outcome to its directory's listing and checkpoint node.
+fn record(ctx: &Ctx, node: &DirNode, builder: &mut DirManifestBuilder, outcome: Outcome) {
+    match outcome {
+        Outcome::Entry(e) => {
+            node.finished(e.clone());
+            builder.add_entry(e)
+        }
+        Outcome::Failed {
+            rel,
+            ignored,
+            error,
+        } => {
+            ctx.progress.errors.fetch_add(1, Ordering::Relaxed);
+            if ignored {
+                bump(&ctx.counters.ignored_error_count);
+            } else {
+                bump(&ctx.counters.error_count);
+            }
+            tracing::warn!("{}: {error}", rel);
+            node.failed(
+                rel.clone().into_bytes(),
+                ignored,
+                error.clone().into_bytes(),
+            );
+            builder.add_failed_entry(rel.into_bytes(), ignored, error.into_bytes());
+        }
+        Outcome::Skipped => {}
+    }
+}
+
+/// Walks one directory: scans it on the blocking pool, starts its subdirectories on tasks of
+/// their own while the tree-wide budget allows, writes its small files and symlinks, uploads its
+/// large files, walks the remaining subdirectories in turn, and writes its listing.
 fn upload_dir(
     ctx: Arc<Ctx>,
     dir: PathBuf,
@@ -425,245 +445,363 @@ fn upload_dir(
 ) -> futures::future::BoxFuture<'static, Result<(ObjectId, DirectorySummary)>> {
     Box::pin(async move {
         ctx.progress.dirs.fetch_add(1, Ordering::Relaxed);
-        ctx.stats.lock().await.dir_count += 1;
-        let ignore_cache_dirs = ctx.policy.files.ignore_cache_dirs.unwrap_or(true);
-        let listed = if ignore_cache_dirs && is_cache_dir(&dir) {
-            Vec::new()
-        } else {
-            list_dir(dir.clone())
-                .await
-                .map_err(|e| SnapshotError::io(&dir, "list directory", e))?
+        bump(&ctx.counters.dir_count);
+        let previous = index_previous(previous_listings(&ctx.contents, &prev_ids).await);
+        let scanned = {
+            let (ctx, dir, rel) = (ctx.clone(), dir.clone(), rel.clone());
+            let dir_meta = dir_meta.clone();
+            tokio::task::spawn_blocking(move || {
+                scan_dir(
+                    &dir,
+                    &rel,
+                    &dir_meta,
+                    &parent_ignore,
+                    previous,
+                    ctx.scan_rules,
+                    &ctx.counters,
+                )
+            })
+            .await
+            .map_err(join_error)?
         };
-        let ignore = parent_ignore
-            .child(&dir, &rel)
-            .map_err(SnapshotError::Other)?;
-        let prev = previous_listings(&ctx.contents, &prev_ids).await;
-        let one_fs = ctx.policy.files.one_file_system.unwrap_or(false);
-        let max_file_size = ctx.policy.files.max_file_size;
-
-        let mut work = Vec::new();
-        for item in listed {
-            let Some(kind) = entry_type(&item.meta) else {
-                if !ctx
-                    .policy
-                    .error_handling
-                    .ignore_unknown_types
-                    .unwrap_or(true)
-                {
-                    work.push((item, None));
-                }
-                continue;
-            };
-            let child_rel = rel_join(&rel, &item.name);
-            let is_dir = kind == EntryType::Directory;
-            if ignore.is_ignored(&child_rel, is_dir) {
-                let mut stats = ctx.stats.lock().await;
-                if is_dir {
-                    stats.excluded_dir_count += 1;
-                } else {
-                    stats.excluded_file_count += 1;
-                    stats.excluded_total_size += item.meta.len() as i64;
-                }
-                continue;
-            }
-            if (one_fs && item.meta.dev() != dir_meta.dev())
-                || (max_file_size > 0 && !is_dir && item.meta.len() as i64 > max_file_size)
-            {
-                continue;
-            }
-            work.push((item, Some(kind)));
-        }
-
-        let mut outcomes = futures::stream::iter(work.into_iter().map(|(item, kind)| {
-            let ctx = ctx.clone();
-            let ignore = ignore.clone();
-            let rel = rel.clone();
-            let node = node.clone();
-            let prev_entries: Vec<DirEntry> = prev
-                .iter()
-                .flat_map(|m| m.entries.iter())
-                .filter(|e| e.name == item.name)
-                .cloned()
-                .collect();
-            async move { upload_entry(ctx, item, kind, rel, prev_entries, ignore, node).await }
-        }))
-        .buffer_unordered(ctx.parallel.max(2));
-
+        let Scanned {
+            handle,
+            ignore,
+            unknown,
+            subdirs,
+            cached,
+            small,
+            mut large,
+        } = match scanned {
+            Ok(s) => s,
+            Err(ScanError::List(e)) => return Err(SnapshotError::io(&dir, "list directory", e)),
+            Err(ScanError::Ignore(e)) => return Err(SnapshotError::Other(e)),
+        };
         let mut builder = DirManifestBuilder::new();
-        while let Some(outcome) = outcomes.next().await {
-            match outcome? {
-                Outcome::Entry(e) => {
-                    node.finished(e.clone());
-                    builder.add_entry(e)
+        for rel in unknown {
+            let failed = Outcome::Failed {
+                rel,
+                ignored: false,
+                error: "unknown or unsupported entry type".into(),
+            };
+            record(&ctx, &node, &mut builder, failed);
+        }
+        for entry in cached {
+            ctx.progress.cached_files.fetch_add(1, Ordering::Relaxed);
+            ctx.progress
+                .cached_bytes
+                .fetch_add(entry.size as u64, Ordering::Relaxed);
+            if entry.entry_type == EntryType::File {
+                bump(&ctx.counters.cached_files);
+                add(&ctx.counters.total_size, entry.size);
+            }
+            record(&ctx, &node, &mut builder, Outcome::Entry(entry));
+        }
+
+        let subtree = |listed: Listed, previous: Vec<ObjectId>| {
+            upload_subdir(
+                ctx.clone(),
+                listed,
+                rel.clone(),
+                previous,
+                ignore.clone(),
+                node.clone(),
+            )
+        };
+        let mut spawned = tokio::task::JoinSet::new();
+        let mut in_turn = Vec::new();
+        for (listed, previous) in subdirs {
+            match ctx.subtree_tasks.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    let walk = subtree(listed, previous);
+                    spawned.spawn(async move {
+                        let outcome = walk.await;
+                        drop(permit);
+                        outcome
+                    });
                 }
-                Outcome::Failed {
-                    rel,
-                    ignored,
-                    error,
-                } => {
-                    ctx.progress.errors.fetch_add(1, Ordering::Relaxed);
-                    let mut stats = ctx.stats.lock().await;
-                    if ignored {
-                        stats.ignored_error_count += 1;
-                    } else {
-                        stats.error_count += 1;
-                    }
-                    tracing::warn!("{}: {error}", rel);
-                    node.failed(
-                        rel.clone().into_bytes(),
-                        ignored,
-                        error.clone().into_bytes(),
-                    );
-                    builder.add_failed_entry(rel.into_bytes(), ignored, error.into_bytes());
-                }
-                Outcome::Skipped => {}
+                Err(_) => in_turn.push((listed, previous)),
             }
         }
+
+        let grown = write_small_items(&ctx, &rel, &node, &mut builder, handle, small).await?;
+        large.extend(grown);
+        let mut uploads = futures::stream::iter(
+            large
+                .into_iter()
+                .map(|(listed, entry)| upload_large(&ctx, &rel, &node, listed, entry)),
+        )
+        .buffer_unordered(ctx.parallel.max(2));
+        while let Some(outcome) = uploads.next().await {
+            record(&ctx, &node, &mut builder, outcome?);
+        }
+        drop(uploads);
+
+        for (listed, previous) in in_turn {
+            let walk = subtree(listed, previous);
+            match ctx.subtree_tasks.clone().try_acquire_owned() {
+                Ok(permit) => {
+                    spawned.spawn(async move {
+                        let outcome = walk.await;
+                        drop(permit);
+                        outcome
+                    });
+                }
+                Err(_) => record(&ctx, &node, &mut builder, walk.await?),
+            }
+        }
+        while let Some(joined) = spawned.join_next().await {
+            record(&ctx, &node, &mut builder, joined.map_err(join_error)??);
+        }
+
         let dir_mtime = UtcTimestamp::from_unix(dir_meta.mtime(), dir_meta.mtime_nsec() as u32);
         let manifest = builder.build(dir_mtime, "");
         let summary = manifest.summary.clone().unwrap_or_default();
         let json = encode_dir_manifest(&manifest);
-        let opts = ObjectWriterOptions {
-            prefix: Some(object::DIRECTORY_CONTENT_PREFIX),
-            compression: ctx.metadata_compression,
-            metadata_compression: ctx.metadata_compression,
-            splitter: ctx.splitter.clone(),
-            parallelism: ctx.parallel,
+        drop(manifest);
+        let prefix = Some(object::DIRECTORY_CONTENT_PREFIX);
+        let oid = if json.len() < SMALL_OBJECT_LIMIT {
+            write_small_object(&ctx.contents, &json, prefix, ctx.metadata_compression).await?
+        } else {
+            let opts = ObjectWriterOptions {
+                prefix,
+                compression: ctx.metadata_compression,
+                metadata_compression: ctx.metadata_compression,
+                splitter: ctx.splitter.clone(),
+                parallelism: ctx.parallel,
+            };
+            write_object(&ctx.contents, &json, opts).await?
         };
-        let oid = write_object(&ctx.contents, &json, opts).await?;
         Ok((oid, summary))
     })
 }
 
-async fn upload_entry(
+/// Walks subdirectory `listed` of the directory at snapshot-relative `parent_rel`.
+async fn upload_subdir(
     ctx: Arc<Ctx>,
-    item: Listed,
-    kind: Option<EntryType>,
-    rel: String,
-    prev_entries: Vec<DirEntry>,
+    listed: Listed,
+    parent_rel: String,
+    previous: Vec<ObjectId>,
     ignore: IgnoreContext,
     node: Arc<DirNode>,
 ) -> Result<Outcome> {
-    let child_rel = rel_join(&rel, &item.name);
-    let Some(kind) = kind else {
-        return Ok(Outcome::Failed {
+    let child_rel = rel_join(&parent_rel, &listed.name);
+    let mut entry = new_entry(listed.name.clone(), &listed.meta, EntryType::Directory);
+    let child = node.start_child(entry.clone(), entry.mtime);
+    let result = upload_dir(
+        ctx.clone(),
+        listed.path,
+        child_rel.clone(),
+        listed.meta,
+        previous,
+        ignore,
+        child,
+    )
+    .await;
+    node.end_child(&listed.name);
+    match result {
+        Ok((oid, summary)) => {
+            entry.object_id = oid;
+            entry.summary = Some(summary);
+            Ok(Outcome::Entry(entry))
+        }
+        Err(SnapshotError::Io { source, .. }) => Ok(Outcome::Failed {
             rel: child_rel,
-            ignored: false,
-            error: "unknown or unsupported entry type".into(),
-        });
-    };
-    let mut entry = new_entry(item.name.clone(), &item.meta, kind.clone());
-    match kind {
-        EntryType::Directory => {
-            let prev_ids: Vec<ObjectId> = prev_entries
-                .iter()
-                .filter(|e| e.entry_type == EntryType::Directory)
-                .map(|e| e.object_id)
-                .collect();
-            let dir_mtime = entry.mtime;
-            let child = node.start_child(entry.clone(), dir_mtime);
-            let result = upload_dir(
-                ctx.clone(),
-                item.path.clone(),
-                child_rel.clone(),
-                item.meta.clone(),
-                prev_ids,
-                ignore,
-                child,
-            )
-            .await;
-            node.end_child(&item.name);
-            match result {
-                Ok((oid, summary)) => {
-                    entry.object_id = oid;
-                    entry.summary = Some(summary);
-                    Ok(Outcome::Entry(entry))
-                }
-                Err(SnapshotError::Io { source, .. }) => Ok(Outcome::Failed {
-                    rel: child_rel,
-                    ignored: ctx
-                        .policy
-                        .error_handling
-                        .ignore_directory_errors
-                        .unwrap_or(false),
-                    error: format!("unable to read directory: {source}"),
-                }),
-                Err(e) => Err(e),
-            }
-        }
-        EntryType::Symlink | EntryType::File => {
-            let size = item.meta.len() as i64;
-            if let Some(hit) = prev_entries.iter().find(|p| {
-                p.entry_type == entry.entry_type
-                    && p.mode == entry.mode
-                    && p.mtime == entry.mtime
-                    && p.uid == entry.uid
-                    && p.gid == entry.gid
-                    && p.size == size
-            }) {
-                entry.object_id = hit.object_id;
-                entry.size = size;
-                ctx.progress.cached_files.fetch_add(1, Ordering::Relaxed);
-                ctx.progress
-                    .cached_bytes
-                    .fetch_add(size as u64, Ordering::Relaxed);
-                let mut stats = ctx.stats.lock().await;
-                if kind == EntryType::File {
-                    stats.cached_files += 1;
-                    stats.total_size += size;
-                }
-                return Ok(Outcome::Entry(entry));
-            }
-            let result = if kind == EntryType::Symlink {
-                upload_symlink(&ctx, &item.path).await
-            } else {
-                upload_file(&ctx, &item.path, &item.meta, &node, &entry).await
-            };
-            match result {
-                Ok((oid, read)) => {
-                    entry.object_id = oid;
-                    entry.size = read;
-                    if kind == EntryType::File {
-                        let mut stats = ctx.stats.lock().await;
-                        stats.non_cached_files += 1;
-                        stats.total_size += read;
-                    }
-                    Ok(Outcome::Entry(entry))
-                }
-                Err(SnapshotError::Io { source, op, .. })
-                    if source.kind() == std::io::ErrorKind::NotFound && op == "open" =>
-                {
-                    Ok(Outcome::Skipped)
-                }
-                Err(SnapshotError::Io { source, op, path }) => Ok(Outcome::Failed {
-                    rel: child_rel,
-                    ignored: ctx
-                        .policy
-                        .error_handling
-                        .ignore_file_errors
-                        .unwrap_or(false),
-                    error: format!("unable to {op} file {}: {source}", path.display()),
-                }),
-                Err(e) => Err(e),
-            }
-        }
-        EntryType::Other(_) => Ok(Outcome::Skipped),
+            ignored: ctx
+                .policy
+                .error_handling
+                .ignore_directory_errors
+                .unwrap_or(false),
+            error: format!("unable to read directory: {source}"),
+        }),
+        Err(e) => Err(e),
     }
 }
 
-async fn upload_symlink(ctx: &Ctx, path: &Path) -> Result<(ObjectId, i64)> {
-    let target = tokio::fs::read_link(path)
-        .await
-        .map_err(|e| SnapshotError::io(path, "read link", e))?;
-    let bytes = target.as_os_str().as_bytes();
-    let opts = ObjectWriterOptions {
-        metadata_compression: ctx.metadata_compression,
-        splitter: ctx.splitter.clone(),
-        parallelism: 1,
-        ..Default::default()
+/// The outcome of a file that could not be read.
+fn file_failed(ctx: &Ctx, rel: String, op: &str, path: &Path, error: std::io::Error) -> Outcome {
+    Outcome::Failed {
+        rel,
+        ignored: ctx
+            .policy
+            .error_handling
+            .ignore_file_errors
+            .unwrap_or(false),
+        error: format!("unable to {op} file {}: {error}", path.display()),
+    }
+}
+
+/// Writes the small files and symlinks of a directory, reading on the blocking pool what the
+/// scan left unread, a batch at a time. Returns the files that grew too large meanwhile.
+async fn write_small_items(
+    ctx: &Ctx,
+    rel: &str,
+    node: &DirNode,
+    builder: &mut DirManifestBuilder,
+    dir: Option<Arc<std::fs::File>>,
+    mut items: Vec<SmallItem>,
+) -> Result<Vec<(Listed, DirEntry)>> {
+    let mut grown = Vec::new();
+    let mut done = 0;
+    while done < items.len() {
+        if matches!(items[done].read, SmallRead::Pending) {
+            let (start, dir) = (done, dir.clone());
+            items = tokio::task::spawn_blocking(move || {
+                read_pending(dir.as_deref(), &mut items[start..]);
+                items
+            })
+            .await
+            .map_err(join_error)?;
+        }
+        let end = items[done..]
+            .iter()
+            .position(|i| matches!(i.read, SmallRead::Pending))
+            .map_or(items.len(), |n| done + n);
+        write_batch(ctx, &mut items[done..end]).await?;
+        for item in &mut items[done..end] {
+            let outcome = match std::mem::replace(&mut item.read, SmallRead::Done) {
+                SmallRead::Written { size, object } => {
+                    if item.entry.entry_type == EntryType::File {
+                        bump(&ctx.counters.file_count);
+                        bump(&ctx.counters.non_cached_files);
+                        add(&ctx.counters.total_size, size);
+                        ctx.progress.hashed_files.fetch_add(1, Ordering::Relaxed);
+                        ctx.progress
+                            .hashed_bytes
+                            .fetch_add(size as u64, Ordering::Relaxed);
+                    }
+                    Outcome::Entry(DirEntry {
+                        object_id: object,
+                        size,
+                        ..item.entry.clone()
+                    })
+                }
+                SmallRead::Vanished => Outcome::Skipped,
+                SmallRead::Grew => {
+                    let listed = Listed {
+                        name: std::mem::take(&mut item.listed.name),
+                        path: std::mem::take(&mut item.listed.path),
+                        meta: item.listed.meta.clone(),
+                    };
+                    grown.push((listed, item.entry.clone()));
+                    continue;
+                }
+                SmallRead::Failed { op, error } => file_failed(
+                    ctx,
+                    rel_join(rel, &item.listed.name),
+                    op,
+                    &item.listed.path,
+                    error,
+                ),
+                SmallRead::Pending | SmallRead::Data(_) | SmallRead::Done => {
+                    return Err(SnapshotError::Other(format!(
+                        "{}: small file was not written",
+                        item.listed.path.display()
+                    )));
+                }
+            };
+            record(ctx, node, builder, outcome);
+        }
+        done = end;
+    }
+    Ok(grown)
+}
+
+/// One small object to write: its index in the batch, its bytes and their compression.
+type SmallJob = (usize, Vec<u8>, Option<u32>);
+
+/// Writes the read items of a batch (their data becomes [`SmallRead::Written`]). A batch of many
+/// bytes is spread over `parallel` tasks, so hashing and compressing a directory of small files
+/// uses every core; a few bytes are not worth the hand-offs.
+async fn write_batch(ctx: &Ctx, items: &mut [SmallItem]) -> Result<()> {
+    let mut jobs: Vec<SmallJob> = Vec::new();
+    for (i, item) in items.iter_mut().enumerate() {
+        if !matches!(item.read, SmallRead::Data(_)) {
+            continue;
+        }
+        let SmallRead::Data(data) = std::mem::replace(&mut item.read, SmallRead::Done) else {
+            continue;
+        };
+        // Symlink targets are stored uncompressed, as kopia does.
+        let compression = match item.entry.entry_type {
+            EntryType::File => compression_id(
+                ctx.policy
+                    .compression
+                    .compressor_for_file(&item.listed.name, item.listed.meta.len() as i64),
+            ),
+            _ => None,
+        };
+        jobs.push((i, data, compression));
+    }
+    let bytes: usize = jobs.iter().map(|(_, data, _)| data.len()).sum();
+    let tasks = ctx.parallel.min(jobs.len());
+    let written = if tasks < 2 || bytes < PARALLEL_WRITE_BYTES {
+        write_jobs(&ctx.contents, jobs).await?
+    } else {
+        let mut groups: Vec<Vec<SmallJob>> = (0..tasks).map(|_| Vec::new()).collect();
+        for (n, job) in jobs.into_iter().enumerate() {
+            groups[n % tasks].push(job);
+        }
+        let mut running = tokio::task::JoinSet::new();
+        for group in groups {
+            let contents = ctx.contents.clone();
+            running.spawn(async move { write_jobs(&contents, group).await });
+        }
+        let mut written = Vec::new();
+        while let Some(joined) = running.join_next().await {
+            written.extend(joined.map_err(join_error)??);
+        }
+        written
     };
-    let oid = write_object(&ctx.contents, bytes, opts).await?;
-    Ok((oid, bytes.len() as i64))
+    for (i, size, object) in written {
+        items[i].read = SmallRead::Written { size, object };
+    }
+    Ok(())
+}
+
+/// Writes small objects in turn: `(index, size, object)` for each.
+async fn write_jobs(
+    contents: &ContentManager,
+    jobs: Vec<SmallJob>,
+) -> Result<Vec<(usize, i64, ObjectId)>> {
+    let mut written = Vec::with_capacity(jobs.len());
+    for (i, data, compression) in jobs {
+        let object = write_small_object(contents, &data, None, compression).await?;
+        written.push((i, data.len() as i64, object));
+    }
+    Ok(written)
+}
+
+/// Uploads a file through the object writer (in parts when it is large enough).
+async fn upload_large(
+    ctx: &Ctx,
+    rel: &str,
+    node: &Arc<DirNode>,
+    listed: Listed,
+    mut entry: DirEntry,
+) -> Result<Outcome> {
+    match upload_file(ctx, &listed.path, &listed.meta, node, &entry).await {
+        Ok((oid, read)) => {
+            entry.object_id = oid;
+            entry.size = read;
+            bump(&ctx.counters.non_cached_files);
+            add(&ctx.counters.total_size, read);
+            Ok(Outcome::Entry(entry))
+        }
+        Err(SnapshotError::Io { source, op, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && op == "open" =>
+        {
+            Ok(Outcome::Skipped)
+        }
+        Err(SnapshotError::Io { source, op, path }) => Ok(file_failed(
+            ctx,
+            rel_join(rel, &listed.name),
+            op,
+            &path,
+            source,
+        )),
+        Err(e) => Err(e),
+    }
 }
 
 /// Uploads one file, compressed as the policy says for its name and size. While it uploads,
@@ -695,66 +833,82 @@ async fn upload_file(
         splitter: ctx.splitter.clone(),
         parallelism: ctx.parallel.max(2),
     };
-    let mut file = tokio::fs::File::open(path)
+    let file = tokio::fs::File::open(path)
         .await
         .map_err(|e| SnapshotError::io(path, "open", e))?;
+    // Reads run on the blocking pool straight into the object writer's chunk buffers.
+    let file = Arc::new(file.into_std().await);
     // kopia's checkpoint entry of a file carries the size the file had when listed.
     let template = DirEntry {
         size,
         ..entry.clone()
     };
     if part_size > 0 && size > part_size {
-        return upload_in_parts(
-            ctx,
-            path,
-            &mut file,
-            part_size as u64,
-            opts,
-            node,
-            &template,
-        )
-        .await;
+        return upload_in_parts(ctx, path, &file, part_size as u64, opts, node, &template).await;
     }
     let upload = node.start_upload(template);
     let mut writer = ObjectWriter::new(ctx.contents.clone(), opts)?;
-    let read = copy_into(ctx, path, &mut file, &mut writer, u64::MAX, &upload).await?;
+    let read = copy_into(
+        ctx,
+        path,
+        &file,
+        size as u64,
+        &mut writer,
+        u64::MAX,
+        &upload,
+    )
+    .await?;
     ctx.stats.lock().await.file_count += 1;
     ctx.progress.hashed_files.fetch_add(1, Ordering::Relaxed);
     Ok((writer.finish().await?, read as i64))
 }
 
 /// Copies up to `limit` bytes (to EOF when u64::MAX) from `file` into `writer`, recording the
-/// chunks written so far in `upload` for checkpoints.
+/// chunks written so far in `upload` for checkpoints. `expected` is how much the file should
+/// still hold (its listed size); reads are sized by it so a small file takes one read.
 async fn copy_into(
     ctx: &Ctx,
     path: &Path,
-    file: &mut tokio::fs::File,
+    file: &Arc<std::fs::File>,
+    expected: u64,
     writer: &mut ObjectWriter,
     limit: u64,
     upload: &UploadGuard,
 ) -> Result<u64> {
-    let mut buf = vec![0u8; READ_BUFFER];
     let mut total = 0u64;
     while total < limit {
-        let want = (limit - total).min(READ_BUFFER as u64) as usize;
-        let n = file
-            .read(&mut buf[..want])
-            .await
-            .map_err(|e| SnapshotError::io(path, "read", e))?;
-        if n == 0 {
-            break;
-        }
-        writer.write(&buf[..n]).await?;
+        // One byte more than the file should still hold lets a short read tell EOF at once.
+        let remaining = match expected.saturating_sub(total) {
+            0 => READ_BUFFER,
+            n => n.saturating_add(1),
+        };
+        let want = (limit - total).min(READ_BUFFER).min(remaining);
+        let buffer = writer.buffer_to_fill(want as usize)?;
+        let reader = file.clone();
+        let (buffer, read) = tokio::task::spawn_blocking(move || {
+            let mut buffer = buffer;
+            // read_to_end appends into the spare capacity without zeroing it first.
+            let read =
+                std::io::Read::read_to_end(&mut std::io::Read::take(&*reader, want), &mut buffer);
+            (buffer, read)
+        })
+        .await
+        .map_err(|e| {
+            SnapshotError::Other(format!("read task for {} failed: {e}", path.display()))
+        })?;
+        let n = read.map_err(|e| SnapshotError::io(path, "read", e))? as u64;
+        writer.filled(buffer).await?;
         let recorded = upload.file().chunk_count();
         if let Some(new) = writer.finished_chunks().get(recorded..)
             && !new.is_empty()
         {
             upload.file().add_chunks(new);
         }
-        total += n as u64;
-        ctx.progress
-            .hashed_bytes
-            .fetch_add(n as u64, Ordering::Relaxed);
+        total += n;
+        ctx.progress.hashed_bytes.fetch_add(n, Ordering::Relaxed);
+        if n < want {
+            break;
+        }
     }
     Ok(total)
 }
@@ -764,7 +918,7 @@ async fn copy_into(
 async fn upload_in_parts(
     ctx: &Ctx,
     path: &Path,
-    file: &mut tokio::fs::File,
+    file: &Arc<std::fs::File>,
     part_size: u64,
     opts: ObjectWriterOptions,
     node: &Arc<DirNode>,
@@ -780,7 +934,17 @@ async fn upload_in_parts(
             ..template.clone()
         });
         let mut writer = ObjectWriter::new(ctx.contents.clone(), opts.clone())?;
-        let read = copy_into(ctx, path, file, &mut writer, part_size, &upload).await?;
+        let read = copy_into(
+            ctx,
+            path,
+            file,
+            // The template carries the size the file had when listed.
+            (template.size as u64).saturating_sub(total),
+            &mut writer,
+            part_size,
+            &upload,
+        )
+        .await?;
         ctx.stats.lock().await.file_count += 1;
         parts.push(writer.finish().await?);
         total += read;

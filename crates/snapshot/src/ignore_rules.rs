@@ -86,6 +86,11 @@ impl IgnoreContext {
         Ok(ctx)
     }
 
+    /// Whether any rule applies here; without one, nothing is left out.
+    pub fn has_rules(&self) -> bool {
+        self.matchers.iter().any(|m| !m.is_empty())
+    }
+
     /// Whether the entry at snapshot-relative `rel` is left out.
     pub fn is_ignored(&self, rel: &str, is_dir: bool) -> bool {
         let path = match_path(rel);
@@ -146,5 +151,10 @@ mod tests {
             "parent rules still apply"
         );
         assert!(!root.is_ignored("only-here.txt", false));
+        assert!(sub.has_rules());
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        let no_rules = IgnoreContext::root(&FilesPolicy::default()).unwrap();
+        assert!(!no_rules.child(&empty, "empty").unwrap().has_rules());
     }
 }

@@ -12,7 +12,9 @@
 //! ```
 
 pub mod backup;
+pub mod backup_counters;
 pub mod checkpoint;
+pub mod dir_scan;
 pub mod error;
 pub mod ignore_rules;
 pub mod maintenance;

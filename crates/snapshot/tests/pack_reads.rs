@@ -511,7 +511,6 @@ async fn verify_reads_each_pack_once_and_names_damaged_files() {
         .filter(|(_, ends)| ends.iter().any(|&end| end > keep))
         .map(|(path, _)| (format!("snap/{}", path.display()), &source[path]))
         .collect();
-    let damaged_objects: std::collections::BTreeSet<_> = damaged.values().collect();
     let named_path = |error: &String| {
         damaged
             .keys()
@@ -521,7 +520,8 @@ async fn verify_reads_each_pack_once_and_names_damaged_files() {
     full.verify_entry(&setup.root, "snap").await.unwrap();
     assert_eq!(
         full.stats.errors.len(),
-        damaged_objects.len(),
+        // Every path of a damaged object is named, also when several paths share it.
+        damaged.len(),
         "{:?}",
         full.stats.errors
     );

@@ -13,7 +13,7 @@ pub mod merge;
 mod reader;
 
 pub use builder::IndexBuilder;
-pub use reader::Index;
+pub use reader::{Index, RawEntry};
 
 /// Index format versions (the first byte of every index).
 pub const VERSION_1: u8 = 1;

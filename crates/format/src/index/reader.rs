@@ -326,27 +326,55 @@ impl Index {
         })
     }
 
-    fn decode(&self, content_id: ContentId, value: &[u8]) -> IndexEntry {
-        if self.version == VERSION_1 {
-            self.decode_v1(content_id, value)
-        } else {
-            self.decode_v2(content_id, value)
+    /// The pack blob IDs entries refer to by position (see [`RawEntry::pack`]).
+    pub fn pack_ids(&self) -> &[Arc<str>] {
+        &self.packs
+    }
+
+    /// All entries in key order without building [`IndexEntry`] values: `f` gets each binary key
+    /// (prefix byte + hash) and its fields, the pack as a position in [`Index::pack_ids`].
+    pub fn for_each_raw(&self, mut f: impl FnMut(&[u8], RawEntry)) {
+        for i in 0..self.count {
+            f(self.key_at(i), self.decode_raw(self.value_at(i)));
         }
     }
 
-    fn decode_v1(&self, content_id: ContentId, v: &[u8]) -> IndexEntry {
+    fn decode(&self, content_id: ContentId, value: &[u8]) -> IndexEntry {
+        let raw = self.decode_raw(value);
+        IndexEntry {
+            content_id,
+            timestamp_seconds: raw.timestamp_seconds,
+            deleted: raw.deleted,
+            pack_blob_id: raw
+                .pack
+                .and_then(|p| self.packs.get(p as usize))
+                .unwrap_or(&self.invalid_pack)
+                .clone(),
+            pack_offset: raw.pack_offset,
+            packed_length: raw.packed_length,
+            original_length: raw.original_length,
+            compression_header_id: raw.compression_header_id,
+            format_version: raw.format_version,
+            encryption_key_id: raw.encryption_key_id,
+        }
+    }
+
+    fn decode_raw(&self, value: &[u8]) -> RawEntry {
+        if self.version == VERSION_1 {
+            self.decode_v1(value)
+        } else {
+            self.decode_v2(value)
+        }
+    }
+
+    fn decode_v1(&self, v: &[u8]) -> RawEntry {
         let timestamp = u64::from_be_bytes([0, 0, v[0], v[1], v[2], v[3], v[4], v[5]]) as i64;
         let offset_and_flag = be32(&v[12..16]);
         let packed_length = be32(&v[16..20]);
-        let pack_blob_id = self.v1_names.get(&(be32(&v[8..12]), v[7])).map_or_else(
-            || self.invalid_pack.clone(),
-            |&i| self.packs[i as usize].clone(),
-        );
-        IndexEntry {
-            content_id,
+        RawEntry {
             timestamp_seconds: timestamp,
             deleted: offset_and_flag & V1_DELETED != 0,
-            pack_blob_id,
+            pack: self.v1_names.get(&(be32(&v[8..12]), v[7])).copied(),
             pack_offset: offset_and_flag & !V1_DELETED,
             packed_length,
             // As kopia computes it (a uint32 subtraction).
@@ -357,7 +385,7 @@ impl Index {
         }
     }
 
-    fn decode_v2(&self, content_id: ContentId, v: &[u8]) -> IndexEntry {
+    fn decode_v2(&self, v: &[u8]) -> RawEntry {
         let offset_and_flag = be32(&v[4..8]);
         let high = v.get(18).copied().unwrap_or(0);
         let format = v.get(16).map_or(0, |&f| usize::from(f));
@@ -376,15 +404,10 @@ impl Index {
                     INVALID_ENCRYPTION_KEY_ID,
                 ),
             };
-        IndexEntry {
-            content_id,
+        RawEntry {
             timestamp_seconds: i64::from(be32(&v[0..4])) + self.base_timestamp,
             deleted: offset_and_flag & V2_DELETED != 0,
-            pack_blob_id: self
-                .packs
-                .get(pack as usize)
-                .unwrap_or(&self.invalid_pack)
-                .clone(),
+            pack: ((pack as usize) < self.packs.len()).then_some(pack),
             pack_offset: offset_and_flag & !V2_DELETED,
             packed_length: be24(&v[11..14]) | u32::from(high & 0x0f) << 24,
             original_length: be24(&v[8..11]) | u32::from(high >> 4) << 24,
@@ -393,6 +416,22 @@ impl Index {
             encryption_key_id,
         }
     }
+}
+
+/// An entry's fields as stored, with its pack as a position in [`Index::pack_ids`] (`None` when
+/// the reference points outside the index: kopia then reports [`INVALID_PACK_BLOB_ID`]).
+/// Timestamps are within 0..2^48 (v1 stores 48 bits, v2 a 32-bit base plus 32 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawEntry {
+    pub timestamp_seconds: i64,
+    pub deleted: bool,
+    pub pack: Option<u32>,
+    pub pack_offset: u32,
+    pub packed_length: u32,
+    pub original_length: u32,
+    pub compression_header_id: u32,
+    pub format_version: u8,
+    pub encryption_key_id: u8,
 }
 
 /// First index in `0..n` for which `pred` is false (`pred` must be true then false).

@@ -2,7 +2,8 @@
 //! looked up once, the contents are grouped by pack and neighbours coalesced into capped ranged
 //! reads, the ranges are fetched with bounded parallelism, and each content is decoded once and
 //! written at every offset where it occurs (dedup within and across files) with positional
-//! writes. Memory stays near `reads in flight × range cap` whatever the batch holds.
+//! writes. Memory stays near the restore's byte budget for reads in flight, whatever the batch
+//! holds.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
@@ -192,13 +193,22 @@ pub(super) async fn write_contents(
         if stopped {
             break;
         }
+        // A range larger than the whole budget takes all of it: it is read alone.
+        let units = range
+            .length
+            .div_ceil(super::RANGE_BYTES_UNIT)
+            .clamp(1, super::RANGE_BYTES_UNITS as u64) as u32;
+        let Ok(bytes_permit) = ctx.range_bytes.clone().acquire_many_owned(units).await else {
+            stopped = true;
+            break;
+        };
         let Ok(permit) = ctx.range_permits.clone().acquire_owned().await else {
             stopped = true;
             break;
         };
         let (shared, range) = (shared.clone(), Arc::new(range));
         tasks.spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, bytes_permit);
             let fetched = fetch_range(&shared.contents, &range, &shared.index).await;
             let (writer, written_range) = (shared.clone(), range.clone());
             let written =

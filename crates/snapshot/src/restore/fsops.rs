@@ -135,7 +135,8 @@ pub(super) fn create_dir_at(parent: &OwnedFd, name: &[u8]) -> io::Result<DirCrea
     }
 }
 
-/// Removes the regular files of `dir` whose names `is_stale` picks; returns how many went.
+/// Removes the regular files and symlinks of `dir` whose names `is_stale` picks; returns how
+/// many went.
 pub(super) fn remove_stale_files(
     dir: &OwnedFd,
     is_stale: impl Fn(&[u8]) -> bool,
@@ -150,7 +151,8 @@ pub(super) fn remove_stale_files(
     }
     let mut removed = 0;
     for name in stale {
-        if lstat_at(dir, &name)?.is_some_and(|st| file_type(&st) == SFlag::S_IFREG) {
+        let removable = |st: FileStat| matches!(file_type(&st), SFlag::S_IFREG | SFlag::S_IFLNK);
+        if lstat_at(dir, &name)?.is_some_and(removable) {
             match unlinkat(dir, &name[..], UnlinkatFlags::NoRemoveDir) {
                 Ok(()) => removed += 1,
                 Err(Errno::ENOENT) => {}
@@ -295,6 +297,25 @@ pub(super) fn fs_block_size(dir: &impl AsFd) -> io::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stale_files_and_symlinks_go_directories_and_others_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        std::fs::write(p.join("stale-file"), b"x").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", p.join("stale-link")).unwrap();
+        std::fs::create_dir(p.join("stale-dir")).unwrap();
+        std::fs::write(p.join("kept"), b"y").unwrap();
+        let fd = OwnedFd::from(File::open(p).unwrap());
+        let removed = remove_stale_files(&fd, |name| name.starts_with(b"stale-")).unwrap();
+        assert_eq!(removed, 2);
+        let mut left: Vec<String> = std::fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["kept", "stale-dir"]);
+    }
 
     #[test]
     fn zero_detection_covers_every_byte() {

@@ -13,8 +13,9 @@
 //! resolved as the walk finds them, then written in batches: a batch's contents are read pack by
 //! pack in coalesced ranged reads (each range once, a bounded number in flight) and written at
 //! their offsets in every file that holds them; then each file gets its size, owner, mode and
-//! times (and its final name when written atomically). Memory stays near `reads in flight × range
-//! cap` plus the batch's plan and the metadata pack cache, whatever the snapshot's size.
+//! times (and its final name when written atomically). Memory stays near the bytes of ranged reads
+//! allowed in flight (16 MiB) plus the batch's plan and the metadata pack cache, whatever the
+//! snapshot's size.
 
 mod batch;
 mod fsops;
@@ -69,6 +70,11 @@ const MAX_BATCH_CHUNKS: usize = 1 << 16;
 const MAX_BATCH_BYTES: u64 = 1 << 30;
 /// Batches writing at once: one can read its packs while the other finishes its files.
 const MAX_BATCHES_RUNNING: usize = 2;
+/// Bytes of ranged reads held at once (fetched, being decoded or written): enough to keep a
+/// disk or a high-latency link busy, small next to the rest of a restore's memory.
+const RANGE_BYTES_IN_FLIGHT: usize = 16 << 20;
+const RANGE_BYTES_UNIT: u64 = 64 << 10;
+const RANGE_BYTES_UNITS: usize = RANGE_BYTES_IN_FLIGHT / RANGE_BYTES_UNIT as usize;
 /// Metadata (`q`) packs kept in memory during the walk.
 const METADATA_CACHE_BYTES: u64 = 64 << 20;
 /// Chunks remembered as all-zero, so sparse restores skip fetching them again.
@@ -205,6 +211,7 @@ pub async fn restore(
         sparse_block,
         // Ranged reads in flight, each at most a few MiB (or one content of up to 16 MiB).
         range_permits: Arc::new(Semaphore::new((2 * parallel).clamp(8, 16))),
+        range_bytes: Arc::new(Semaphore::new(RANGE_BYTES_UNITS)),
         batch_entries: batch_entry_limit(),
         metadata: MetadataCache::new(METADATA_CACHE_BYTES),
         restored_bytes: Arc::new(AtomicU64::new(0)),
@@ -337,8 +344,10 @@ struct Ctx {
     base: PathBuf,
     base_fd: Arc<OwnedFd>,
     sparse_block: Option<u64>,
-    /// Bounds the ranged pack reads in flight (and so their bytes in memory) across batches.
+    /// Bounds the ranged pack reads in flight across batches (requests at once)...
     range_permits: Arc<Semaphore>,
+    /// ...and their bytes in memory, in units of [`RANGE_BYTES_UNIT`].
+    range_bytes: Arc<Semaphore>,
     batch_entries: usize,
     /// Whole `q` packs, so that listings and indirect indexes cost no request each.
     metadata: MetadataCache,
@@ -911,10 +920,9 @@ fn finish_symlink(ctx: &Ctx, job: &LeafJob, target: Vec<u8>) -> Result<LeafDone>
     let is_link = existing.is_some_and(|st| fsops::file_type(&st) == SFlag::S_IFLNK);
     let create = ctx.io_at(rel, "create symlink");
     match existing {
+        // An existing symlink is replaced by the rename below.
         None => {}
-        Some(_) if is_link && ctx.opts.overwrite_symlinks => {
-            unlinkat(&**fd, name, UnlinkatFlags::NoRemoveDir).map_err(|e| create(e.into()))?
-        }
+        Some(_) if is_link && ctx.opts.overwrite_symlinks => {}
         Some(_) if is_link => {
             return Err(create(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -928,14 +936,24 @@ fn finish_symlink(ctx: &Ctx, job: &LeafJob, target: Vec<u8>) -> Result<LeafDone>
             )));
         }
     }
-    symlinkat(&target[..], &**fd, name).map_err(|e| create(e.into()))?;
-    fsops::set_attributes(
-        AttrTarget::Symlink { parent: fd, name },
+    // Made under a temporary name and renamed into place with its owner and times, so that a
+    // symlink under its final name is always complete: an interrupted restore re-run with
+    // `--skip-existing` keeps the symlinks it finds.
+    let temp = create_temp_symlink(ctx, fd, &target).map_err(&create)?;
+    let placed = fsops::set_attributes(
+        AttrTarget::Symlink {
+            parent: fd,
+            name: &temp,
+        },
         &attrs_of(&job.entry, job.entry.mtime),
         &ctx.attr_policy,
     )
-    .map_err(|(op, e)| ctx.io_at(rel, op)(e))?;
-    Ok(LeafDone::Restored)
+    .map_err(|(op, e)| ctx.io_at(rel, op)(e))
+    .and_then(|()| renameat(&**fd, &temp[..], &**fd, name).map_err(|e| create(e.into())));
+    if placed.is_err() {
+        let _ = unlinkat(&**fd, &temp[..], UnlinkatFlags::NoRemoveDir);
+    }
+    placed.map(|()| LeafDone::Restored)
 }
 
 fn mtime_close_enough(st: &nix::sys::stat::FileStat, entry: &DirEntry) -> bool {
@@ -1020,10 +1038,10 @@ async fn prepare_file(ctx: &Ctx, job: LeafJob) -> Result<Preparation> {
 const TEMP_PREFIX: &str = ".kmover-restore-";
 const TEMP_SUFFIX: &str = ".tmp";
 
-/// Whether `name` is a temporary file of an atomic restore that was stopped before it could
-/// rename or remove it: one of ours whose process is gone. Our own process ID counts as gone
-/// (a restarted container reuses it), since this restore only creates temporary files in a
-/// directory after that directory is cleaned.
+/// Whether `name` is a temporary file (of an atomic write) or symlink of a restore that was
+/// stopped before it could rename or remove it: one of ours whose process is gone. Our own
+/// process ID counts as gone (a restarted container reuses it), since this restore only creates
+/// temporary entries in a directory after that directory is cleaned.
 fn is_abandoned_temp_file(name: &[u8]) -> bool {
     let Some(middle) = name
         .strip_prefix(TEMP_PREFIX.as_bytes())
@@ -1057,7 +1075,7 @@ fn is_abandoned_temp_file(name: &[u8]) -> bool {
     )
 }
 
-/// Removes the temporary files an interrupted atomic restore left in an existing directory.
+/// Removes the temporary files and symlinks an interrupted restore left in an existing directory.
 fn remove_abandoned_temp_files(ctx: &Ctx, dir: &OwnedFd, rel: &[u8]) -> Result<()> {
     let removed = fsops::remove_stale_files(dir, is_abandoned_temp_file)
         .map_err(ctx.io_at(rel, "remove abandoned temporary files"))?;
@@ -1075,14 +1093,30 @@ fn create_temp_file(ctx: &Ctx, dir: &OwnedFd) -> io::Result<(OwnedFd, Vec<u8>)> 
     let flags =
         OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
     loop {
-        let seq = ctx.temp_seq.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{TEMP_PREFIX}{}-{seq}{TEMP_SUFFIX}", std::process::id()).into_bytes();
+        let name = next_temp_name(ctx);
         match openat(dir, &name[..], flags, Mode::S_IRUSR | Mode::S_IWUSR) {
             Ok(fd) => return Ok((fd, name)),
             Err(Errno::EEXIST) => continue,
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+/// A new symlink to `target` under a unique hidden name in `dir`; returns the name.
+fn create_temp_symlink(ctx: &Ctx, dir: &OwnedFd, target: &[u8]) -> io::Result<Vec<u8>> {
+    loop {
+        let name = next_temp_name(ctx);
+        match symlinkat(target, dir, &name[..]) {
+            Ok(()) => return Ok(name),
+            Err(Errno::EEXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn next_temp_name(ctx: &Ctx) -> Vec<u8> {
+    let seq = ctx.temp_seq.fetch_add(1, Ordering::Relaxed);
+    format!("{TEMP_PREFIX}{}-{seq}{TEMP_SUFFIX}", std::process::id()).into_bytes()
 }
 
 /// Reads and writes the contents of a batch, then finishes each of its files and symlinks.
