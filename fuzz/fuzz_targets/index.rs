@@ -1,6 +1,7 @@
 //! `index::Index::parse` (v1 and v2, chosen by the first byte), then iteration and lookups of
-//! present and absent IDs. For an index with strictly ascending keys (what writers produce),
-//! lookups must agree with iteration and rebuilding the entries must read back the same.
+//! present and absent IDs; the raw walk must agree with iteration. For an index with strictly
+//! ascending keys (what writers produce), lookups must agree with iteration and rebuilding the
+//! entries must read back the same.
 #![no_main]
 
 use std::collections::BTreeMap;
@@ -20,6 +21,47 @@ fuzz_target!(|data: &[u8]| {
     let entries: Vec<IndexEntry> = index.iter().collect();
     assert_eq!(entries.len(), index.len());
     assert_eq!(index.is_empty(), entries.is_empty());
+
+    // The compact in-memory table is built from the raw walk: it must agree with iteration.
+    let mut walked = 0;
+    index.for_each_raw(|key, raw| {
+        let e = &entries[walked];
+        walked += 1;
+        assert_eq!(key, e.content_id.key().as_slice());
+        let pack = raw.pack.and_then(|p| index.pack_ids().get(p as usize));
+        if let Some(pack) = pack {
+            assert_eq!(pack, &e.pack_blob_id);
+        }
+        assert_eq!(
+            (
+                raw.timestamp_seconds,
+                raw.deleted,
+                raw.pack_offset,
+                raw.packed_length
+            ),
+            (
+                e.timestamp_seconds,
+                e.deleted,
+                e.pack_offset,
+                e.packed_length
+            )
+        );
+        assert_eq!(
+            (
+                raw.original_length,
+                raw.compression_header_id,
+                raw.format_version,
+                raw.encryption_key_id
+            ),
+            (
+                e.original_length,
+                e.compression_header_id,
+                e.format_version,
+                e.encryption_key_id
+            )
+        );
+    });
+    assert_eq!(walked, entries.len());
 
     let ascending = entries
         .windows(2)

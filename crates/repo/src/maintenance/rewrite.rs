@@ -23,6 +23,9 @@ use crate::repository::Repository;
 
 const SHORT_PACK_PERCENT: usize = 60;
 const REWRITE_PARALLELISM: usize = 16;
+/// Copies indexed between flushes: unflushed entries are held in memory until the next flush,
+/// so one flush at the end would hold every rewritten content (GB at millions of contents).
+const FLUSH_EVERY_REWRITTEN: u64 = 100_000;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RewriteOptions {
@@ -64,7 +67,7 @@ struct PackUsage {
 }
 
 /// Rewrites what [`candidate_packs`] selects. `dropped` tells which (deleted) entries this run
-/// will drop from the index. Flushes at the end.
+/// will drop from the index. Flushes every [`FLUSH_EVERY_REWRITTEN`] copies and at the end.
 pub async fn rewrite_contents(
     repo: &Repository,
     opts: RewriteOptions,
@@ -90,6 +93,7 @@ pub async fn rewrite_contents(
 
     let min_age = safety.rewrite_min_age;
     let mut to_copy = Vec::new();
+    let mut flushed_at = 0u64;
     let candidates = snapshot
         .iter()
         .filter(|e| opts.selects(e) && packs.contains_key(&e.pack_blob_id) && !dropped(e));
@@ -104,6 +108,10 @@ pub async fn rewrite_contents(
         to_copy.push((e.content_id, e.packed_length));
         if to_copy.len() >= 4096 {
             copy_batch(repo, std::mem::take(&mut to_copy), &mut stats).await?;
+            if stats.rewritten_content_count - flushed_at >= FLUSH_EVERY_REWRITTEN {
+                repo.contents().flush().await?;
+                flushed_at = stats.rewritten_content_count;
+            }
         }
     }
     copy_batch(repo, to_copy, &mut stats).await?;
