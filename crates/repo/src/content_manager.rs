@@ -322,21 +322,7 @@ impl ContentManager {
     /// `undelete`, only a deleted content is copied, and the copy is live; otherwise the copy
     /// keeps the deleted flag. Missing contents are an error.
     pub async fn rewrite_content(&self, id: &ContentId, undelete: bool) -> Result<()> {
-        let current = {
-            let w = self.writer.lock().await;
-            w.written.get(id).map(|e| (e.clone(), w.in_memory_bytes(e)))
-        };
-        let (entry, in_memory) = match current {
-            Some(found) => found,
-            None => {
-                let e = self
-                    .committed
-                    .read()
-                    .expect("index lock poisoned")
-                    .lookup_including_deleted(id);
-                (e.ok_or(RepoError::ContentNotFound(*id))?, None)
-            }
-        };
+        let (entry, in_memory) = self.current_entry(id).await?;
         if undelete && !entry.deleted {
             return Ok(());
         }
@@ -707,22 +693,28 @@ impl ContentManager {
             .collect()
     }
 
-    pub async fn read_content(&self, id: &ContentId) -> Result<Vec<u8>> {
+    /// The winning entry of `id` (deleted or not), unflushed writes first, with its stored bytes
+    /// when its pack is still in memory.
+    async fn current_entry(&self, id: &ContentId) -> Result<(IndexEntry, Option<Vec<u8>>)> {
         let unflushed = {
             let w = self.writer.lock().await;
             w.written.get(id).map(|e| (e.clone(), w.in_memory_bytes(e)))
         };
-        let (entry, in_memory) = match unflushed {
-            Some(found) => found,
+        match unflushed {
+            Some(found) => Ok(found),
             None => {
                 let e = self
                     .committed
                     .read()
                     .expect("index lock poisoned")
                     .lookup_including_deleted(id);
-                (e.ok_or(RepoError::ContentNotFound(*id))?, None)
+                Ok((e.ok_or(RepoError::ContentNotFound(*id))?, None))
             }
-        };
+        }
+    }
+
+    pub async fn read_content(&self, id: &ContentId) -> Result<Vec<u8>> {
+        let (entry, in_memory) = self.current_entry(id).await?;
         let bytes = match in_memory {
             Some(bytes) => bytes,
             None => self.fetch_packed(&entry).await?,

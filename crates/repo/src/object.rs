@@ -249,8 +249,9 @@ impl ObjectWriter {
 }
 
 /// Writes one chunk. Repositories whose index cannot record compression (v1) get kopia's legacy
-/// object-level compression (`Z` IDs) for unprefixed data.
-async fn write_chunk(
+/// object-level compression (`Z` IDs) for unprefixed data. Data shorter than every splitter's
+/// minimum segment is a whole object this way.
+pub async fn write_chunk(
     contents: &ContentManager,
     chunk: &[u8],
     prefix: Option<u8>,

@@ -26,7 +26,7 @@ use kmover_repo::object::{
     ObjectWriter, ObjectWriterOptions, open_object, read_object, write_object,
 };
 use kmover_repo::{ContentManager, Repository};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
 
 use crate::backup_counters::{StatCounters, add, bump};
 use crate::checkpoint::{
@@ -92,7 +92,6 @@ struct Ctx {
     splitter: Option<String>,
     parallel_upload_above: i64,
     /// Statistics of the large-file path; everything else counts in `counters`.
-    stats: Mutex<SnapshotStats>,
     counters: StatCounters,
     scan_rules: ScanRules,
     /// Subtrees walked on tasks of their own, beyond the one each walking task descends into:
@@ -180,7 +179,6 @@ pub async fn backup(
             .upload
             .parallel_upload_above_size
             .unwrap_or(DEFAULT_PARALLEL_UPLOAD_ABOVE_SIZE),
-        stats: Mutex::new(SnapshotStats::default()),
         counters: StatCounters::default(),
         scan_rules: ScanRules {
             ignore_cache_dirs: policy.files.ignore_cache_dirs.unwrap_or(true),
@@ -195,6 +193,10 @@ pub async fn backup(
         .file_name()
         .map(|n| n.as_bytes().to_vec())
         .unwrap_or_else(|| b"/".to_vec());
+    let checkpoint_interval = opts
+        .checkpoint_interval
+        .unwrap_or(MAX_CHECKPOINT_INTERVAL)
+        .min(MAX_CHECKPOINT_INTERVAL);
     let root_entry = if root_meta.is_dir() {
         let ignore = IgnoreContext::root(&policy.files).map_err(SnapshotError::Other)?;
         let prev_roots: Vec<ObjectId> = previous
@@ -214,17 +216,13 @@ pub async fn backup(
             ignore,
             root_node.clone(),
         );
-        let interval = opts
-            .checkpoint_interval
-            .unwrap_or(MAX_CHECKPOINT_INTERVAL)
-            .min(MAX_CHECKPOINT_INTERVAL);
         let checkpoints = checkpoint_loop(
             repo,
             &ctx,
             CheckpointRoot::Dir(&root_node),
             &opts.source,
             start_time,
-            interval,
+            checkpoint_interval,
         );
         let (oid, summary) = tokio::select! {
             result = upload => result?,
@@ -240,17 +238,13 @@ pub async fn backup(
         // Only its upload registration matters: a single file checkpoints as itself.
         let root_node = DirNode::new(entry.clone(), entry.mtime);
         let upload = upload_file(&ctx, &resolved, &root_meta, &root_node, &entry);
-        let interval = opts
-            .checkpoint_interval
-            .unwrap_or(MAX_CHECKPOINT_INTERVAL)
-            .min(MAX_CHECKPOINT_INTERVAL);
         let checkpoints = checkpoint_loop(
             repo,
             &ctx,
             CheckpointRoot::File(&root_node),
             &opts.source,
             start_time,
-            interval,
+            checkpoint_interval,
         );
         let (oid, read) = tokio::select! {
             result = upload => result?,
@@ -272,7 +266,7 @@ pub async fn backup(
         )));
     };
     let end_time = now_timestamp(repo);
-    let stats = ctx.counters.added_to(&*ctx.stats.lock().await);
+    let stats = ctx.counters.added_to(&SnapshotStats::default());
     let fatal_errors = root_entry.summary.as_ref().map_or(0, |s| s.num_failed);
     let manifest = SnapshotManifest {
         id: String::new(),
@@ -858,7 +852,7 @@ async fn upload_file(
         &upload,
     )
     .await?;
-    ctx.stats.lock().await.file_count += 1;
+    bump(&ctx.counters.file_count);
     ctx.progress.hashed_files.fetch_add(1, Ordering::Relaxed);
     Ok((writer.finish().await?, read as i64))
 }
@@ -945,7 +939,7 @@ async fn upload_in_parts(
             &upload,
         )
         .await?;
-        ctx.stats.lock().await.file_count += 1;
+        bump(&ctx.counters.file_count);
         parts.push(writer.finish().await?);
         total += read;
         if read < part_size {

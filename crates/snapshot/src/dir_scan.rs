@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use kmover_format::object::ObjectId;
 use kmover_format::snapshot::directory::{DirEntry, DirManifest, EntryType};
-use kmover_repo::ContentManager;
+use kmover_repo::{ContentManager, object};
 use nix::fcntl::{OFlag, openat};
 use nix::sys::stat::Mode;
 
@@ -321,19 +321,5 @@ pub async fn write_small_object(
     compression: Option<u32>,
 ) -> Result<ObjectId> {
     debug_assert!(data.len() < SMALL_OBJECT_LIMIT);
-    if let Some(header) = compression
-        && prefix.is_none()
-        && contents.crypto().index_version() < 2
-    {
-        let id = match kmover_format::compression::compress(header, data)? {
-            Some(compressed) => {
-                ObjectId::compressed(contents.write_content(&compressed, None, None).await?)
-            }
-            None => ObjectId::direct(contents.write_content(data, None, None).await?),
-        };
-        return Ok(id);
-    }
-    Ok(ObjectId::direct(
-        contents.write_content(data, prefix, compression).await?,
-    ))
+    Ok(object::write_chunk(contents, data, prefix, compression).await?)
 }
