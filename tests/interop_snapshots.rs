@@ -335,3 +335,43 @@ fn smoke_snapshots_with_kopia_0_21() {
 fn smoke_snapshots_with_kopia_0_23() {
     smoke_exchange(KopiaVersion::V0_23, "smoke_snapshots_with_kopia_0_23");
 }
+
+/// With zstd-fastest, kmover stores chunks whose sample does not shrink raw (as kopia does when
+/// compression does not help) and the others compressed: kopia must read both kinds.
+#[test]
+fn kopia_reads_compressed_and_raw_chunks_kmover_wrote() {
+    let test = "kopia_reads_compressed_and_raw_chunks_kmover_wrote";
+    let Some(kopia) = Kopia::find(KopiaVersion::V0_22, test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    std::fs::create_dir_all(&tree).unwrap();
+    std::fs::write(tree.join("random.bin"), common::random_bytes(21, 3 << 20)).unwrap();
+    std::fs::write(tree.join("text.txt"), common::text_bytes(22, 3 << 20)).unwrap();
+    let repo = dir.path().join("repo");
+    kopia.create_filesystem_repo(&repo, &[FAST_KDF]);
+    let kmover = Kmover::new();
+    kmover.connect_filesystem(&repo);
+    kmover.run(["policy", "set", "--global", "--compression", "zstd-fastest"]);
+
+    let ours = kmover_snapshot(&kmover, &tree);
+    let our_id = ours["id"].as_str().unwrap().to_string();
+    kopia.run(["snapshot", "verify", "--verify-files-percent=100"]);
+    kopia.run(["content", "verify", "--full"]);
+    let listing = String::from_utf8(kopia.run(["content", "list", "--long"]).stdout).unwrap();
+    let data_lines: Vec<&str> = listing
+        .lines()
+        .filter(|l| !l.starts_with(|c: char| c.is_ascii_lowercase() && c >= 'g'))
+        .collect();
+    let compressed = data_lines
+        .iter()
+        .filter(|l| l.contains(" zstd-fastest "))
+        .count();
+    let raw = data_lines.iter().filter(|l| l.ends_with(" -")).count();
+    assert!(compressed > 0 && raw > 0, "{listing}");
+
+    let by_kopia = dir.path().join("restored-by-kopia");
+    kopia.run(["snapshot", "restore", &our_id, by_kopia.to_str().unwrap()]);
+    assert_same_tree(&tree, &by_kopia, EXACT);
+}
