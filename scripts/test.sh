@@ -23,7 +23,8 @@ CARGO_FUZZ_VERSION=0.13.2 # keep in step with scripts/install-tools.sh
 SUITE_START=$SECONDS
 
 step() {
-    printf '\n==> %s  [%s elapsed]\n' "$*" "$(elapsed $((SECONDS - SUITE_START)))"
+    printf '\n==> %s  [%s elapsed, %s free on the build disk]\n' "$*" \
+        "$(elapsed $((SECONDS - SUITE_START)))" "$(df -h --output=avail . | tail -1 | tr -d ' ')"
 }
 
 elapsed() { printf '%dm%02ds' $(($1 / 60)) $(($1 % 60)); }
@@ -158,6 +159,8 @@ run_fuzz_smoke() {
 main() {
     if in_ci; then
         echo "CI=true: missing test tools fail the suite instead of being skipped"
+        # A one-off build gains nothing from incremental caches, which cost gigabytes of disk.
+        export CARGO_INCREMENTAL=0
     fi
     check_rust
     install_kopia

@@ -20,6 +20,9 @@ pub const ROOT_PASSWORD: &str = "kmover-minio-root-secret-5e1f0c";
 /// Keep in step with MINIO_VERSION in scripts/install-tools.sh.
 pub const MINIO_VERSION: &str = "v0.0.0-20260212201848-7aac2a2c5b7c";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+/// MinIO refuses every write once its drive is 99% full: on a big shared disk that can be with
+/// gigabytes still free. Its data goes to tmpfs when that has this much room.
+const MIN_TMPFS_FREE: u64 = 4 << 30;
 
 pub struct Minio {
     child: Child,
@@ -110,10 +113,14 @@ impl Minio {
     }
 
     fn spawn(binary: &Path, tls: Option<&TlsFiles>) -> Result<Minio, String> {
-        let dir = tempfile::Builder::new()
-            .prefix("kmover-minio-")
-            .tempdir()
-            .map_err(|e| e.to_string())?;
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("kmover-minio-");
+        let dir = match tmpfs_with_room() {
+            Some(tmpfs) => builder.tempdir_in(tmpfs),
+            None => builder.tempdir(),
+        }
+        .map_err(|e| e.to_string())?;
+        warn_if_minio_would_refuse_writes(dir.path());
         let data = dir.path().join("data");
         std::fs::create_dir(&data).map_err(|e| e.to_string())?;
         let log = std::fs::File::create(dir.path().join("minio.log")).map_err(|e| e.to_string())?;
@@ -236,6 +243,37 @@ impl Minio {
     /// directories in MinIO's single-drive layout).
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+}
+
+fn free_and_total_bytes(path: &Path) -> Option<(u64, u64)> {
+    let stat = nix::sys::statvfs::statvfs(path).ok()?;
+    let block = stat.fragment_size() as u64;
+    Some((
+        stat.blocks_available() as u64 * block,
+        stat.blocks() as u64 * block,
+    ))
+}
+
+fn tmpfs_with_room() -> Option<&'static Path> {
+    let shm = Path::new("/dev/shm");
+    let (free, _) = free_and_total_bytes(shm)?;
+    (free >= MIN_TMPFS_FREE && tempfile::tempfile_in(shm).is_ok()).then_some(shm)
+}
+
+/// MinIO's own rule (hasSpaceFor): at least 1% of the drive must stay free after a write.
+fn warn_if_minio_would_refuse_writes(dir: &Path) {
+    if let Some((free, total)) = free_and_total_bytes(dir) {
+        if free < total / 100 + (256 << 20) {
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "!! MinIO's data is on {} with {} MiB free of {} MiB: MinIO refuses writes \
+                 (507 XMinioStorageFull) when under 1% is free",
+                dir.display(),
+                free >> 20,
+                total >> 20
+            );
+        }
     }
 }
 
