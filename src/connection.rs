@@ -1,11 +1,12 @@
 //! Finding the connection file and password, and opening the repository it points to.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use kmover_blob::DynBlobStore;
 use kmover_blob::fs::FilesystemStore;
+use kmover_repo::crypto::KnownFormatKey;
 use kmover_repo::local_config::{self, LocalConfig};
 use kmover_repo::{OpenOptions, Repository};
 
@@ -106,17 +107,37 @@ pub async fn open_connected(global: &GlobalArgs) -> anyhow::Result<Connected> {
     let store = crate::metrics::count_io(store);
     #[cfg(feature = "testing")]
     let store = crate::crash_hook::wrap(store);
+    let known_format_key = local_config::load_format_key(&config_path, &password);
     let opts = OpenOptions {
         clock: crate::clock::clock(),
         username: config.username.clone(),
         hostname: config.hostname.clone(),
+        known_format_key: known_format_key.clone(),
     };
     let repo = Repository::open(store, &password, opts).await?;
+    remember_format_key(&config_path, &password, &repo, known_format_key.as_ref());
     Ok(Connected {
         config_path,
         config,
         repo,
     })
+}
+
+/// Saves the key this open derived for the next run, when the password is the persisted one. A
+/// failure only costs the next run a derivation.
+pub fn remember_format_key(
+    config_path: &Path,
+    password: &str,
+    repo: &Repository,
+    known: Option<&KnownFormatKey>,
+) {
+    let key = repo.crypto().known_format_key();
+    if known == Some(&key) {
+        return;
+    }
+    if let Err(e) = local_config::save_format_key(config_path, password, &key) {
+        tracing::debug!("the derived format key was not saved: {e}");
+    }
 }
 
 pub fn new_filesystem_config(

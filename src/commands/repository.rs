@@ -88,7 +88,11 @@ pub async fn run(global: &GlobalArgs, cmd: RepositoryCommand) -> anyhow::Result<
         }
         RepositoryCommand::Disconnect => {
             let config_path = connection::config_path(global);
-            for p in [local_config::password_file_path(&config_path), config_path] {
+            for p in [
+                local_config::format_key_file_path(&config_path),
+                local_config::password_file_path(&config_path),
+                config_path,
+            ] {
                 match std::fs::remove_file(&p) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(e).with_context(|| format!("cannot remove {}", p.display()));
@@ -141,20 +145,24 @@ async fn save_connection(
     password: &str,
     persist_password: bool,
 ) -> anyhow::Result<()> {
-    Repository::open(store, password, open_options(&cfg)).await?;
+    let repo = Repository::open(store, password, open_options(&cfg)).await?;
     cfg.save(config_path)?;
+    // A key or password left by an earlier connection must not outlive this one.
+    let mut stale = vec![local_config::format_key_file_path(config_path)];
     if persist_password {
         local_config::save_password(config_path, password)?;
     } else {
-        // A password left by an earlier connection must not outlive this one.
-        let stale = local_config::password_file_path(config_path);
-        match std::fs::remove_file(&stale) {
+        stale.push(local_config::password_file_path(config_path));
+    }
+    for path in stale {
+        match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("cannot remove {}", stale.display()));
+                return Err(e).with_context(|| format!("cannot remove {}", path.display()));
             }
             _ => {}
         }
     }
+    connection::remember_format_key(config_path, password, &repo, None);
     eprintln!("Connected to repository.");
     Ok(())
 }
@@ -164,6 +172,7 @@ fn open_options(cfg: &LocalConfig) -> OpenOptions {
         clock: crate::clock::clock(),
         username: cfg.username.clone(),
         hostname: cfg.hostname.clone(),
+        known_format_key: None,
     }
 }
 

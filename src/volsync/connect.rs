@@ -258,6 +258,7 @@ fn open_options(identity: &Identity) -> OpenOptions {
         clock: crate::clock::clock(),
         username: identity.user.clone(),
         hostname: identity.host.clone(),
+        known_format_key: None,
     }
 }
 

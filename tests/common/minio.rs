@@ -263,17 +263,17 @@ fn tmpfs_with_room() -> Option<&'static Path> {
 
 /// MinIO's own rule (hasSpaceFor): at least 1% of the drive must stay free after a write.
 fn warn_if_minio_would_refuse_writes(dir: &Path) {
-    if let Some((free, total)) = free_and_total_bytes(dir) {
-        if free < total / 100 + (256 << 20) {
-            let _ = writeln!(
-                std::io::stderr().lock(),
-                "!! MinIO's data is on {} with {} MiB free of {} MiB: MinIO refuses writes \
-                 (507 XMinioStorageFull) when under 1% is free",
-                dir.display(),
-                free >> 20,
-                total >> 20
-            );
-        }
+    if let Some((free, total)) = free_and_total_bytes(dir)
+        && free < total / 100 + (256 << 20)
+    {
+        let _ = writeln!(
+            std::io::stderr().lock(),
+            "!! MinIO's data is on {} with {} MiB free of {} MiB: MinIO refuses writes \
+             (507 XMinioStorageFull) when under 1% is free",
+            dir.display(),
+            free >> 20,
+            total >> 20
+        );
     }
 }
 

@@ -37,6 +37,23 @@ impl std::fmt::Debug for RepoCrypto {
     }
 }
 
+/// A format key derived on an earlier open of this repository. Deriving it (scrypt: ~150 ms and
+/// 32 MiB) is most of what a small command costs; kopia derives it on every run.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KnownFormatKey {
+    pub unique_id: Vec<u8>,
+    pub key_algo: String,
+    pub key: [u8; 32],
+}
+
+impl std::fmt::Debug for KnownFormatKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KnownFormatKey")
+            .field("key_algo", &self.key_algo)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Options of `repository create`, defaulting to kopia's.
 #[derive(Debug, Clone)]
 pub struct FormatOptions {
@@ -68,7 +85,13 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
 }
 
 impl RepoCrypto {
-    pub async fn load(store: &DynBlobStore, password: &str) -> Result<Self> {
+    /// Opens the format with `password`, or with `known` when it is this repository's key and
+    /// decrypts the configuration (a stale one, e.g. after a password change, is ignored).
+    pub async fn load(
+        store: &DynBlobStore,
+        password: &str,
+        known: Option<&KnownFormatKey>,
+    ) -> Result<Self> {
         let bytes = match store.get(FORMAT_BLOB_ID).await {
             Ok(b) => b,
             Err(e) if e.is_not_found() => return Err(RepoError::NotInitialized(store.describe())),
@@ -76,13 +99,27 @@ impl RepoCrypto {
         };
         let format_blob =
             FormatBlob::parse(&bytes).map_err(|e| RepoError::corrupt_blob(FORMAT_BLOB_ID, e))?;
-        let format_key =
-            format_blob::derive_format_key(&format_blob.key_algo, password, &format_blob.unique_id)
+        let known = known
+            .filter(|k| k.unique_id == format_blob.unique_id && k.key_algo == format_blob.key_algo)
+            .and_then(|k| Some((k.key, format_blob.decrypt_config(&k.key).ok()?)));
+        let (format_key, config) = match known {
+            Some(opened) => {
+                tracing::debug!("format key: the one derived on an earlier open");
+                opened
+            }
+            None => {
+                let format_key = format_blob::derive_format_key(
+                    &format_blob.key_algo,
+                    password,
+                    &format_blob.unique_id,
+                )
                 .map_err(|e| RepoError::corrupt_blob(FORMAT_BLOB_ID, e))?;
-        let config = match format_blob.decrypt_config(&format_key) {
-            Ok(c) => c,
-            Err(FormatError::InvalidPassword) => return Err(RepoError::InvalidPassword),
-            Err(e) => return Err(RepoError::corrupt_blob(FORMAT_BLOB_ID, e)),
+                match format_blob.decrypt_config(&format_key) {
+                    Ok(c) => (format_key, c),
+                    Err(FormatError::InvalidPassword) => return Err(RepoError::InvalidPassword),
+                    Err(e) => return Err(RepoError::corrupt_blob(FORMAT_BLOB_ID, e)),
+                }
+            }
         };
         let blobcfg = match store.get(BLOBCFG_BLOB_ID).await {
             Ok(b) => format_blob::decrypt_blobcfg(&b, &format_key, &format_blob.unique_id)
@@ -179,6 +216,14 @@ impl RepoCrypto {
         let bytes = blob.to_bytes();
         store.put(FORMAT_BLOB_ID, bytes.clone()).await?;
         Self::from_parts(blob, bytes, config, format_key, blobcfg)
+    }
+
+    pub fn known_format_key(&self) -> KnownFormatKey {
+        KnownFormatKey {
+            unique_id: self.format_blob.unique_id.clone(),
+            key_algo: self.format_blob.key_algo.clone(),
+            key: self.format_key,
+        }
     }
 
     pub fn index_version(&self) -> u8 {

@@ -1,6 +1,8 @@
 //! The client connection file kopia keeps at `--config-file` (default `repository.config`): which
 //! storage to open, the cache directory and the client identity. Both tools read each other's.
-//! The password sits beside it in `<config>.kopia-password` (base64), as kopia's file-based keyring.
+//! The password sits beside it in `<config>.kopia-password` (base64), as kopia's file-based keyring,
+//! and, only while that file holds the password, the key derived from it in
+//! `<config>.kmover-format-key` (kopia ignores the file).
 
 use std::path::{Path, PathBuf};
 
@@ -8,6 +10,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::crypto::KnownFormatKey;
 use crate::error::{RepoError, Result};
 
 /// kopia's `formatBlobCacheDuration` default: 15 minutes, in nanoseconds.
@@ -184,6 +187,53 @@ pub fn load_password(config_path: &Path) -> Option<String> {
         .decode(text.trim())
         .ok()?;
     String::from_utf8(bytes).ok()
+}
+
+pub fn format_key_file_path(config_path: &Path) -> PathBuf {
+    let mut s = config_path.as_os_str().to_owned();
+    s.push(".kmover-format-key");
+    PathBuf::from(s)
+}
+
+#[derive(Serialize, Deserialize)]
+struct FormatKeyFile {
+    #[serde(rename = "uniqueID")]
+    unique_id: String,
+    #[serde(rename = "keyAlgo")]
+    key_algo: String,
+    key: String,
+}
+
+/// The key saved by [`save_format_key`], when `password` is the persisted one: the file is no
+/// more secret than the password beside it, and a password given for one run (flag or
+/// environment) that differs from it never picks up its key.
+pub fn load_format_key(config_path: &Path, password: &str) -> Option<KnownFormatKey> {
+    if load_password(config_path).as_deref() != Some(password) {
+        return None;
+    }
+    let text = std::fs::read(format_key_file_path(config_path)).ok()?;
+    let file: FormatKeyFile = serde_json::from_slice(&text).ok()?;
+    let engine = base64::engine::general_purpose::STANDARD;
+    Some(KnownFormatKey {
+        unique_id: hex::decode(&file.unique_id).ok()?,
+        key_algo: file.key_algo,
+        key: engine.decode(&file.key).ok()?.try_into().ok()?,
+    })
+}
+
+/// Saves `key` (mode 0600) when `password` is the persisted one; returns whether it did.
+pub fn save_format_key(config_path: &Path, password: &str, key: &KnownFormatKey) -> Result<bool> {
+    if load_password(config_path).as_deref() != Some(password) {
+        return Ok(false);
+    }
+    let file = FormatKeyFile {
+        unique_id: hex::encode(&key.unique_id),
+        key_algo: key.key_algo.clone(),
+        key: base64::engine::general_purpose::STANDARD.encode(key.key),
+    };
+    let json = serde_json::to_vec(&file).map_err(|e| RepoError::Config(e.to_string()))?;
+    write_private_file(&format_key_file_path(config_path), &json)?;
+    Ok(true)
 }
 
 fn write_private_file(path: &Path, data: &[u8]) -> Result<()> {

@@ -7,7 +7,7 @@ use kmover_blob::DynBlobStore;
 
 use crate::committed_index::CommittedIndex;
 use crate::content_manager::ContentManager;
-use crate::crypto::{FormatOptions, RepoCrypto};
+use crate::crypto::{FormatOptions, KnownFormatKey, RepoCrypto};
 use crate::error::Result;
 use crate::manifest::ManifestManager;
 
@@ -26,6 +26,8 @@ pub struct OpenOptions {
     /// Recorded in session markers, as kopia's client identity.
     pub username: String,
     pub hostname: String,
+    /// Skips the key derivation when it is this repository's key.
+    pub known_format_key: Option<KnownFormatKey>,
 }
 
 impl Default for OpenOptions {
@@ -34,6 +36,7 @@ impl Default for OpenOptions {
             clock: system_clock(),
             username: "kmover".into(),
             hostname: "localhost".into(),
+            known_format_key: None,
         }
     }
 }
@@ -54,7 +57,8 @@ impl Repository {
     }
 
     pub async fn open(store: DynBlobStore, password: &str, opts: OpenOptions) -> Result<Self> {
-        let crypto = Arc::new(RepoCrypto::load(&store, password).await?);
+        let crypto =
+            Arc::new(RepoCrypto::load(&store, password, opts.known_format_key.as_ref()).await?);
         let (committed, _) = CommittedIndex::load(&store, &crypto).await?;
         let contents = Arc::new(ContentManager::new(
             store.clone(),
