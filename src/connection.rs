@@ -50,6 +50,18 @@ pub fn cache_directory(global: &GlobalArgs, config: &std::path::Path) -> PathBuf
     }
 }
 
+/// `--cache-directory`, else the connection's, else the default location.
+pub fn effective_cache_directory(
+    global: &GlobalArgs,
+    config_path: &Path,
+    config: &LocalConfig,
+) -> PathBuf {
+    match (&global.cache_directory, config.cache_directory()) {
+        (None, Some(dir)) => dir,
+        _ => cache_directory(global, config_path),
+    }
+}
+
 /// The password from the flag or KOPIA_PASSWORD; else the one saved at connect time.
 pub fn password(global: &GlobalArgs, config: &std::path::Path) -> anyhow::Result<String> {
     if let Some(p) = &global.password {
@@ -113,6 +125,7 @@ pub async fn open_connected(global: &GlobalArgs) -> anyhow::Result<Connected> {
         username: config.username.clone(),
         hostname: config.hostname.clone(),
         known_format_key: known_format_key.clone(),
+        scratch_directory: Some(effective_cache_directory(global, &config_path, &config)),
     };
     let repo = Repository::open(store, &password, opts).await?;
     remember_format_key(&config_path, &password, &repo, known_format_key.as_ref());

@@ -173,6 +173,7 @@ fn open_options(cfg: &LocalConfig) -> OpenOptions {
         username: cfg.username.clone(),
         hostname: cfg.hostname.clone(),
         known_format_key: None,
+        scratch_directory: cfg.cache_directory(),
     }
 }
 

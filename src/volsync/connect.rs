@@ -253,12 +253,13 @@ pub fn scalar(v: &Value) -> Option<String> {
     }
 }
 
-fn open_options(identity: &Identity) -> OpenOptions {
+fn open_options(identity: &Identity, cache_dir: Option<PathBuf>) -> OpenOptions {
     OpenOptions {
         clock: crate::clock::clock(),
         username: identity.user.clone(),
         hostname: identity.host.clone(),
         known_format_key: None,
+        scratch_directory: cache_dir,
     }
 }
 
@@ -268,7 +269,12 @@ async fn open_from_config(
     identity: &Identity,
 ) -> anyhow::Result<Repository> {
     let store = crate::connection::open_store(cfg).await?;
-    Ok(Repository::open(store, password, open_options(identity)).await?)
+    Ok(Repository::open(
+        store,
+        password,
+        open_options(identity, cfg.cache_directory()),
+    )
+    .await?)
 }
 
 async fn connect_or_create(
@@ -313,7 +319,8 @@ async fn connect_or_create(
         }
         ctx.mark_repository_created();
     }
-    let repo = match Repository::open(store, password, open_options(identity)).await {
+    let opts = open_options(identity, Some(ctx.cache_dir.clone()));
+    let repo = match Repository::open(store, password, opts).await {
         Ok(repo) => repo,
         Err(e) => {
             log.error_stdout(&format!("error connecting to repository: {e}"));
@@ -394,7 +401,8 @@ async fn create(
         }
     }
     Repository::create(store.clone(), &opts, password).await?;
-    let repo = Repository::open(store.clone(), password, open_options(identity)).await?;
+    let opts = open_options(identity, Some(ctx.cache_dir.clone()));
+    let repo = Repository::open(store.clone(), password, opts).await?;
     kmover_snapshot::repository_setup::initialize_manifests(&repo, &identity.owner()).await?;
     log.plain(&format!("Initialized repository at {}", store.describe()));
     Ok(())

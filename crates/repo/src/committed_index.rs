@@ -2,7 +2,7 @@
 //! a lookup picks kopia's merge winner (newest, then live over deleted, then greater pack ID) and
 //! hides deleted entries at or before the deletion watermark.
 //!
-//! The blobs loaded together are merged once into a [`CompactIndex`] (about 40 bytes per content,
+//! The blobs loaded together are merged once into a [`CompactIndex`] (about 38 bytes per content,
 //! winners only), so a lookup costs the same however many index blobs the repository has. Indexes
 //! that arrive later (own flushes, a refresh) are probed beside it until there are a few, then
 //! folded in. Cloning is cheap (shared tables), which lets long iterations run over a stable
@@ -17,7 +17,7 @@ use kmover_format::ContentId;
 use kmover_format::blobcrypto::decrypt_blob_in_place;
 use kmover_format::index::merge::merge_sorted;
 use kmover_format::index::{Index, IndexEntry, is_greater};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::compact_index::{CompactBuilder, CompactIndex};
 use crate::crypto::RepoCrypto;
@@ -122,7 +122,9 @@ impl CommittedIndex {
             .iter()
             .filter_map(|l| l.blob_id.as_deref().map(|id| (id, l)))
             .collect();
+        // A first load has no table to reuse: it takes the streaming path below.
         let reuse_table = !previous.table_has_unnamed
+            && !previous.table_blobs.is_empty()
             && previous
                 .table_blobs
                 .iter()
@@ -135,7 +137,27 @@ impl CommittedIndex {
                 .filter(|b| !merged.contains(b.id.as_str()))
                 .map(|b| (b.id.clone(), b.length))
                 .collect();
+            if missing.len() > MAX_UNMERGED {
+                // Too many to probe beside the table: merged into a copy of it as they arrive,
+                // rather than all parsed first and folded after.
+                let mut builder = CompactBuilder::new();
+                builder.add_compact(&previous.table)?;
+                let mut blobs = previous.table_blobs.to_vec();
+                let stream = fetch_stream(store, crypto, missing, &known);
+                add_streamed(&mut builder, &mut blobs, stream).await?;
+                let mut table = builder.finish()?;
+                table.inherit_layout(previous.table.layout(), previous.table.len());
+                return Ok(CommittedIndex {
+                    table: Arc::new(table),
+                    table_blobs: blobs.into(),
+                    table_has_unnamed: false,
+                    recent: Vec::new(),
+                    watermark: set.watermark,
+                });
+            }
+            // Collected: the budget is released as each blob arrives.
             let recent = fetch_stream(store, crypto, missing, &known)
+                .map_ok(|(loaded, _budget)| loaded)
                 .try_collect::<Vec<_>>()
                 .await?;
             let mut ci = CommittedIndex {
@@ -153,11 +175,12 @@ impl CommittedIndex {
         let all = set.blobs.iter().map(|b| (b.id.clone(), b.length)).collect();
         let mut builder = CompactBuilder::new();
         let mut blobs = Vec::with_capacity(set.blobs.len());
-        let mut stream = std::pin::pin!(fetch_stream(store, crypto, all, &known));
-        while let Some(loaded) = stream.try_next().await? {
-            builder.add_index(&loaded.index)?;
-            blobs.extend(loaded.blob_id.clone());
-        }
+        add_streamed(
+            &mut builder,
+            &mut blobs,
+            fetch_stream(store, crypto, all, &known),
+        )
+        .await?;
         Ok(CommittedIndex {
             table: Arc::new(builder.finish()?),
             table_blobs: blobs.into(),
@@ -167,10 +190,25 @@ impl CommittedIndex {
         })
     }
 
-    /// Merges the recent indexes into the table once there are too many to probe one by one.
+    /// Merges the recent indexes into the table once there are too many to probe one by one:
+    /// in place when no other view shares the table, else into a copy.
     fn fold_if_needed(&mut self) -> Result<()> {
         if self.recent.len() <= MAX_UNMERGED {
             return Ok(());
+        }
+        if let Some(table) = Arc::get_mut(&mut self.table) {
+            // Folded indexes leave `recent` even on error: the table then holds only winners
+            // still, and the blobs stay listed, so a reload merges them again.
+            let result = table.fold_in_place(self.recent.iter().map(|l| &l.index));
+            let mut blobs = self.table_blobs.to_vec();
+            for loaded in self.recent.drain(..) {
+                match &loaded.blob_id {
+                    Some(id) => blobs.push(id.clone()),
+                    None => self.table_has_unnamed = true,
+                }
+            }
+            self.table_blobs = blobs.into();
+            return result;
         }
         let recent_entries: usize = self.recent.iter().map(|l| l.index.len()).sum();
         if self.recent.len() <= MAX_UNMERGED_BESIDE_LARGE_TABLE
@@ -188,7 +226,9 @@ impl CommittedIndex {
                 None => self.table_has_unnamed = true,
             }
         }
-        self.table = Arc::new(builder.finish()?);
+        let mut table = builder.finish()?;
+        table.inherit_layout(self.table.layout(), self.table.len());
+        self.table = Arc::new(table);
         self.table_blobs = blobs.into();
         self.recent.clear();
         Ok(())
@@ -227,19 +267,45 @@ impl CommittedIndex {
     /// Every content's winning entry in content-ID order, deleted ones included unless the
     /// watermark hides them. Streams: nothing is collected.
     pub fn iter(&self) -> impl Iterator<Item = IndexEntry> + '_ {
+        self.iter_after(None)
+    }
+
+    /// Like [`CommittedIndex::iter`], from the first content ID greater than `after`: a long
+    /// pass can release its view between batches and resume on a fresh one.
+    pub fn iter_after(&self, after: Option<&ContentId>) -> impl Iterator<Item = IndexEntry> + '_ {
+        let after = after.copied();
         let visible = |e: &IndexEntry| !self.hidden_by_watermark(e);
         if self.recent.is_empty() {
-            return Box::new(self.table.iter().filter(visible))
+            return Box::new(self.table.iter_after(after.as_ref()).filter(visible))
                 as Box<dyn Iterator<Item = IndexEntry> + '_>;
         }
         let mut sources: Vec<Box<dyn Iterator<Item = IndexEntry> + '_>> =
-            vec![Box::new(self.table.iter())];
-        sources.extend(
-            self.recent
-                .iter()
-                .map(|l| Box::new(l.index.iter()) as Box<dyn Iterator<Item = IndexEntry>>),
-        );
+            vec![Box::new(self.table.iter_after(after.as_ref()))];
+        sources.extend(self.recent.iter().map(|l| {
+            Box::new(
+                l.index
+                    .iter()
+                    .skip_while(move |e| after.is_some_and(|a| e.content_id <= a)),
+            ) as Box<dyn Iterator<Item = IndexEntry>>
+        }));
         Box::new(merge_sorted(sources).filter(visible))
+    }
+
+    /// Where `id` is in the merged table (see [`CompactIndex::position`]); `None` for contents
+    /// only in indexes not merged yet.
+    pub fn table_position(&self, id: &ContentId) -> Option<usize> {
+        self.table.position(id)
+    }
+
+    /// The merged table's [`CompactIndex::layout`] and size: positions stay valid while the
+    /// layout does.
+    pub fn table_layout(&self) -> (u64, usize) {
+        (self.table.layout(), self.table.len())
+    }
+
+    /// Whether every entry is in the merged table (none in indexes probed beside it).
+    pub fn is_fully_merged(&self) -> bool {
+        self.recent.is_empty()
     }
 
     /// Every content's winning entry in content-ID order, collected.
@@ -284,36 +350,56 @@ impl CommittedIndex {
     }
 }
 
-/// Fetches, decrypts and parses `blobs` (reusing `known` ones), in order, with bounded memory.
+/// Adds every index of `stream` to `builder` (noting its blob in `blobs`) as it arrives, then
+/// drops it with its share of the fetch budget.
+async fn add_streamed(
+    builder: &mut CompactBuilder,
+    blobs: &mut Vec<String>,
+    stream: impl futures::Stream<Item = Result<(Arc<LoadedIndex>, Option<OwnedSemaphorePermit>)>>,
+) -> Result<()> {
+    let mut stream = std::pin::pin!(stream);
+    while let Some((loaded, budget)) = stream.try_next().await? {
+        builder.add_index(&loaded.index)?;
+        blobs.extend(loaded.blob_id.clone());
+        // Only now may further blobs take its place in memory.
+        drop((loaded, budget));
+    }
+    Ok(())
+}
+
+/// Fetches, decrypts and parses `blobs` (reusing `known` ones), in order, with bounded memory:
+/// each fetched index comes with its share of the byte budget, which the consumer holds until it
+/// is done with the index (parsed indexes waiting in order count against the budget too).
 fn fetch_stream<'a>(
     store: &'a DynBlobStore,
     crypto: &'a RepoCrypto,
     blobs: Vec<(String, u64)>,
     known: &'a HashMap<&str, &Arc<LoadedIndex>>,
-) -> impl futures::Stream<Item = Result<Arc<LoadedIndex>>> + 'a {
+) -> impl futures::Stream<Item = Result<(Arc<LoadedIndex>, Option<OwnedSemaphorePermit>)>> + 'a {
     let budget = Arc::new(Semaphore::new(FETCH_BUDGET_BYTES / FETCH_BUDGET_UNIT));
     futures::stream::iter(blobs)
         .map(move |(id, length)| {
             let budget = Arc::clone(&budget);
             async move {
                 if let Some(loaded) = known.get(id.as_str()) {
-                    return Ok(Arc::clone(loaded));
+                    return Ok((Arc::clone(loaded), None));
                 }
                 let units = (length as usize)
                     .div_ceil(FETCH_BUDGET_UNIT)
                     .clamp(1, FETCH_BUDGET_BYTES / FETCH_BUDGET_UNIT);
-                let _permit = budget
-                    .acquire_many(units as u32)
+                let permit = budget
+                    .acquire_many_owned(units as u32)
                     .await
                     .expect("the semaphore is never closed");
                 let data = store.get(&id).await?;
                 let plain = decrypt_blob_in_place(&crypto.encryptor, &id, data)
                     .map_err(|e| RepoError::corrupt_blob(&id, e))?;
                 let index = crypto.parse_index(&id, plain)?;
-                Ok::<_, RepoError>(Arc::new(LoadedIndex {
+                let loaded = Arc::new(LoadedIndex {
                     blob_id: Some(id),
                     index,
-                }))
+                });
+                Ok::<_, RepoError>((loaded, Some(permit)))
             }
         })
         .buffered(INDEX_FETCH_PARALLELISM)
@@ -400,7 +486,9 @@ mod tests {
             ci.add_own(None, index(chunk));
         }
         assert_eq!(ci.table.len(), 2000, "the first flushes fold as usual");
-        // A GC deleting in small batches: each fold would copy all 2000 entries.
+        // A GC deleting in small batches while a view shares the table: each fold would copy
+        // all 2000 entries.
+        let shared = ci.clone();
         for batch in 0..MAX_UNMERGED_BESIDE_LARGE_TABLE {
             let deleted = entry(&format!("{batch:08x}"), 20, "pbig", true);
             ci.add_own(None, index(&[deleted]));
@@ -412,6 +500,55 @@ mod tests {
         assert!(ci.recent.is_empty(), "folded once there were too many");
         assert_eq!(ci.table.len(), 2001);
         assert!(ci.lookup_including_deleted(&first).unwrap().deleted);
+        assert!(!shared.lookup_including_deleted(&first).unwrap().deleted);
+        assert_ne!(
+            ci.table_layout(),
+            shared.table_layout(),
+            "a content was added"
+        );
+    }
+
+    #[test]
+    fn an_unshared_table_folds_in_place_and_keeps_positions_for_updates() {
+        let mut ci = CommittedIndex::default();
+        let live: Vec<IndexEntry> = (0..1000u32)
+            .map(|i| entry(&format!("{:08x}", i * 7), 10, "pbig", false))
+            .collect();
+        ci.add_own(Some("xn-live".into()), index(&live));
+        for i in 0..MAX_UNMERGED {
+            ci.add_own(None, index(&[entry(&format!("{i:08x}"), 1, "p0", false)]));
+        }
+        assert!(
+            ci.recent.is_empty(),
+            "an unshared table folds small indexes at once"
+        );
+        let layout = ci.table_layout();
+        let table = Arc::as_ptr(&ci.table);
+        let id = |i: u32| ContentId::parse(&format!("{:08x}", i * 7)).unwrap();
+        let before: Vec<Option<usize>> = (0..1000).map(|i| ci.table_position(&id(i))).collect();
+        // Deletions only: the same table, the same positions.
+        for round in 0..=MAX_UNMERGED as u32 {
+            let batch: Vec<IndexEntry> = (round * 100..round * 100 + 100)
+                .map(|i| entry(&format!("{:08x}", i * 7), 20, "pbig", true))
+                .collect();
+            ci.add_own(Some(format!("xn-del{round}")), index(&batch));
+        }
+        assert!(ci.recent.is_empty());
+        assert_eq!(Arc::as_ptr(&ci.table), table, "folded in place");
+        assert_eq!(ci.table_layout(), layout);
+        let after: Vec<Option<usize>> = (0..1000).map(|i| ci.table_position(&id(i))).collect();
+        assert_eq!(before, after);
+        assert!(ci.lookup_including_deleted(&id(3)).unwrap().deleted);
+        assert!(!ci.lookup_including_deleted(&id(999)).unwrap().deleted);
+        assert_eq!(ci.index_blob_ids().count(), 1 + MAX_UNMERGED + 1);
+        // An older entry loses to the table's.
+        for _ in 0..=MAX_UNMERGED {
+            ci.add_own(
+                None,
+                index(&[entry(&format!("{:08x}", 999 * 7), 5, "pz", true)]),
+            );
+        }
+        assert!(!ci.lookup_including_deleted(&id(999)).unwrap().deleted);
     }
 
     #[test]

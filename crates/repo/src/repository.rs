@@ -1,5 +1,6 @@
 //! Creating and opening a repository: the format blob, then the committed index.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -28,6 +29,9 @@ pub struct OpenOptions {
     pub hostname: String,
     /// Skips the key derivation when it is this repository's key.
     pub known_format_key: Option<KnownFormatKey>,
+    /// Where index compaction spills its sorted runs: the client's cache directory (a VolSync
+    /// mover's `/tmp` may be memory-backed); the system temporary directory when `None`.
+    pub scratch_directory: Option<PathBuf>,
 }
 
 impl Default for OpenOptions {
@@ -37,6 +41,7 @@ impl Default for OpenOptions {
             username: "kmover".into(),
             hostname: "localhost".into(),
             known_format_key: None,
+            scratch_directory: None,
         }
     }
 }
@@ -46,6 +51,7 @@ pub struct Repository {
     contents: Arc<ContentManager>,
     manifests: ManifestManager,
     clock: Clock,
+    scratch_directory: Option<PathBuf>,
 }
 
 impl Repository {
@@ -74,6 +80,7 @@ impl Repository {
             contents,
             manifests,
             clock: opts.clock,
+            scratch_directory: opts.scratch_directory,
         })
     }
 
@@ -91,6 +98,14 @@ impl Repository {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// A directory for temporary files, created if missing.
+    pub fn scratch_directory(&self) -> PathBuf {
+        match &self.scratch_directory {
+            Some(dir) if std::fs::create_dir_all(dir).is_ok() => dir.clone(),
+            _ => std::env::temp_dir(),
+        }
     }
 
     /// Makes everything written so far durable: manifests first (into a pack), then packs, then the

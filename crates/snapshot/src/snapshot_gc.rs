@@ -47,54 +47,121 @@ pub fn fingerprint(id: &ContentId) -> u64 {
     u64::from_be_bytes(head)
 }
 
-/// The set of referenced contents, as sorted fingerprints once [`Marks::finish`] ran.
-#[derive(Default)]
+/// The set of referenced contents.
 pub struct Marks {
-    fingerprints: Vec<u64>,
+    set: MarkSet,
+    /// Distinct contents marked, once [`Marks::finish`] ran.
+    count: usize,
+}
+
+enum MarkSet {
+    /// One bit per record of the merged table the manifests were read from (identified by its
+    /// layout and size): 1 bit per indexed content instead of 8 bytes per referenced one.
+    Positions {
+        layout: (u64, usize),
+        bits: Vec<u64>,
+    },
+    /// Sorted fingerprints, when the index view also has indexes not merged into its table.
+    Fingerprints(Vec<u64>),
 }
 
 impl Marks {
-    /// Room for `expected` fingerprints: the index's entry count bounds the distinct contents
-    /// GC can match, so the buffer is sized once and duplicates (contents shared by many
-    /// snapshots) are squeezed out when it fills, instead of doubling it.
-    pub fn with_capacity(expected: usize) -> Self {
+    /// The mark set for contents of `view`: positions in its table when that holds everything,
+    /// else fingerprints with room for `expected` (see [`Marks::fingerprints`]).
+    pub fn for_view(view: &CommittedIndex, expected: usize) -> Self {
+        if !view.is_fully_merged() {
+            return Self::fingerprints(expected);
+        }
+        let layout = view.table_layout();
         Marks {
-            fingerprints: Vec::with_capacity(expected.max(1024)),
+            set: MarkSet::Positions {
+                layout,
+                bits: vec![0; layout.1.div_ceil(64)],
+            },
+            count: 0,
         }
     }
 
-    pub fn mark(&mut self, id: &ContentId) {
-        if self.fingerprints.len() == self.fingerprints.capacity() {
-            self.dedup();
-            let capacity = self.fingerprints.capacity();
-            if capacity - self.fingerprints.len() < capacity / 16 + 1 {
-                self.fingerprints.reserve(capacity / 8 + 1024);
+    /// Fingerprints with room for `expected`: the index's entry count bounds the distinct
+    /// contents GC can match, so the buffer is sized once and duplicates (contents shared by
+    /// many snapshots) are squeezed out when it fills, instead of doubling it.
+    pub fn fingerprints(expected: usize) -> Self {
+        Marks {
+            set: MarkSet::Fingerprints(Vec::with_capacity(expected.max(1024))),
+            count: 0,
+        }
+    }
+
+    /// Marks `id`, which `view` (the view the set was made for) may index.
+    pub fn mark(&mut self, view: &CommittedIndex, id: &ContentId) {
+        match &mut self.set {
+            MarkSet::Positions { bits, .. } => {
+                // A content the table lacks is not indexed at all: nothing to keep.
+                if let Some(p) = view.table_position(id) {
+                    bits[p / 64] |= 1 << (p % 64);
+                }
+            }
+            MarkSet::Fingerprints(fps) => {
+                if fps.len() == fps.capacity() {
+                    fps.sort_unstable();
+                    fps.dedup();
+                    let capacity = fps.capacity();
+                    if capacity - fps.len() < capacity / 16 + 1 {
+                        fps.reserve(capacity / 8 + 1024);
+                    }
+                }
+                fps.push(fingerprint(id));
             }
         }
-        self.fingerprints.push(fingerprint(id));
-    }
-
-    fn dedup(&mut self) {
-        self.fingerprints.sort_unstable();
-        self.fingerprints.dedup();
     }
 
     pub fn finish(&mut self) {
-        self.dedup();
-        self.fingerprints.shrink_to_fit();
+        self.count = match &mut self.set {
+            MarkSet::Positions { bits, .. } => bits.iter().map(|w| w.count_ones() as usize).sum(),
+            MarkSet::Fingerprints(fps) => {
+                fps.sort_unstable();
+                fps.dedup();
+                fps.shrink_to_fit();
+                fps.len()
+            }
+        };
+    }
+
+    /// Whether `id` (an entry of `view`, a later view of the same index) is marked; `None` when
+    /// it was not in the marked view (added since: not this GC's to judge). A view whose table
+    /// holds other contents than the marked one cannot be judged: an error, nothing assumed.
+    pub fn is_marked(&self, view: &CommittedIndex, id: &ContentId) -> Result<Option<bool>> {
+        match &self.set {
+            MarkSet::Positions { layout, bits } => {
+                if view.table_layout() != *layout {
+                    return Err(SnapshotError::Other(
+                        "the index changed its contents during snapshot GC: stopping, nothing \
+                         more is deleted"
+                            .into(),
+                    ));
+                }
+                Ok(view
+                    .table_position(id)
+                    .map(|p| bits[p / 64] & (1 << (p % 64)) != 0))
+            }
+            MarkSet::Fingerprints(fps) => Ok(Some(fps.binary_search(&fingerprint(id)).is_ok())),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.fingerprints.len()
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.fingerprints.is_empty()
+        self.count == 0
     }
 
     /// Bytes held by the mark set.
     pub fn memory_bytes(&self) -> usize {
-        self.fingerprints.capacity() * std::mem::size_of::<u64>()
+        match &self.set {
+            MarkSet::Positions { bits, .. } => bits.capacity() * 8,
+            MarkSet::Fingerprints(fps) => fps.capacity() * 8,
+        }
     }
 }
 
@@ -137,15 +204,16 @@ enum Job {
     Indirect(ObjectId),
 }
 
-/// Walks every snapshot's tree and returns the contents they reference; `expected` sizes the
-/// mark set (the number of index entries).
+/// Walks every snapshot's tree and returns the contents of `view` (the index the manifests were
+/// read from) they reference.
 pub async fn mark_referenced(
     repo: &Repository,
     manifests: &[(String, SnapshotManifest)],
-    expected: usize,
+    view: &CommittedIndex,
 ) -> Result<Marks> {
     let mut walk = Walk {
-        marks: Marks::with_capacity(expected),
+        marks: Marks::for_view(view, view.total_entries()),
+        view,
         seen: HashSet::new(),
         queue: Vec::new(),
     };
@@ -197,14 +265,15 @@ pub async fn mark_referenced(
     Ok(walk.marks)
 }
 
-struct Walk {
+struct Walk<'a> {
     marks: Marks,
+    view: &'a CommittedIndex,
     /// Directories and indirect objects already queued: each is read once.
     seen: HashSet<ObjectId>,
     queue: Vec<Job>,
 }
 
-impl Walk {
+impl Walk<'_> {
     fn entry(&mut self, e: &DirEntry) {
         if e.entry_type == EntryType::Directory {
             if self.seen.insert(e.object_id) {
@@ -230,71 +299,120 @@ impl Walk {
             }
             None => {
                 if let Some(cid) = oid.content_id() {
-                    self.marks.mark(&cid);
+                    self.marks.mark(self.view, &cid);
                 }
             }
         }
     }
 }
 
-/// Marks unreferenced contents deleted and restores referenced deleted ones, over `index` (the
-/// snapshot the marks were computed from). With `delete` false nothing is changed.
+enum Action {
+    Delete,
+    Undelete,
+}
+
+/// Marks unreferenced contents deleted and restores referenced deleted ones. With `delete` false
+/// nothing is deleted.
+///
+/// Works in batches of [`FLUSH_EVERY`] changes, each decided on a fresh view of the index and
+/// applied after that view is released: the index then folds the flushed deletions into its
+/// table in place instead of copying a table of millions of contents beside the one a long-held
+/// view would keep alive. A batch resumes after the last content ID decided; what precedes it
+/// is all this sweep changes, so later contents look as they did when marked.
 pub async fn sweep(
     repo: &Repository,
-    index: &CommittedIndex,
     marks: &Marks,
     safety: &SafetyParameters,
     start_time: DateTime<Utc>,
     delete: bool,
 ) -> Result<SnapshotGcStats> {
+    sweep_in_batches(
+        repo,
+        marks,
+        safety,
+        start_time,
+        delete,
+        FLUSH_EVERY as usize,
+    )
+    .await
+}
+
+async fn sweep_in_batches(
+    repo: &Repository,
+    marks: &Marks,
+    safety: &SafetyParameters,
+    start_time: DateTime<Utc>,
+    delete: bool,
+    batch_size: usize,
+) -> Result<SnapshotGcStats> {
     let contents = repo.contents();
     let mut stats = SnapshotGcStats::default();
-    let refs = &marks.fingerprints;
-    let mut cursor = 0usize;
-    for e in index.iter() {
-        let size = i64::from(e.packed_length);
-        if e.content_id.prefix() == Some(MANIFEST_CONTENT_PREFIX) {
-            stats.in_use_system_content_count += 1;
-            stats.in_use_system_content_size += size;
-            continue;
+    let mut after: Option<ContentId> = None;
+    loop {
+        let mut batch: Vec<(ContentId, Action, i64)> = Vec::new();
+        let mut resume = None;
+        {
+            let view = contents.index_snapshot();
+            for e in view.iter_after(after.as_ref()) {
+                let size = i64::from(e.packed_length);
+                if e.content_id.prefix() == Some(MANIFEST_CONTENT_PREFIX) {
+                    stats.in_use_system_content_count += 1;
+                    stats.in_use_system_content_size += size;
+                    continue;
+                }
+                let Some(marked) = marks.is_marked(&view, &e.content_id)? else {
+                    continue;
+                };
+                if marked {
+                    if e.deleted {
+                        batch.push((e.content_id, Action::Undelete, size));
+                    }
+                    stats.in_use_content_count += 1;
+                    stats.in_use_content_size += size;
+                } else {
+                    let written =
+                        DateTime::from_timestamp(e.timestamp_seconds, 0).unwrap_or(start_time);
+                    if start_time - written < safety.min_content_age_subject_to_gc {
+                        stats.unreferenced_recent_content_count += 1;
+                        stats.unreferenced_recent_content_size += size;
+                        continue;
+                    }
+                    stats.unreferenced_content_count += 1;
+                    stats.unreferenced_content_size += size;
+                    if delete {
+                        batch.push((e.content_id, Action::Delete, size));
+                    }
+                }
+                if batch.len() >= batch_size {
+                    resume = Some(e.content_id);
+                    break;
+                }
+            }
         }
-        let fp = fingerprint(&e.content_id);
-        while cursor < refs.len() && refs[cursor] < fp {
-            cursor += 1;
-        }
-        if cursor < refs.len() && refs[cursor] == fp {
-            if e.deleted {
-                contents
-                    .undelete_content(&e.content_id)
-                    .await
-                    .map_err(|err| {
+        for (id, action, size) in &batch {
+            match action {
+                Action::Undelete => {
+                    contents.undelete_content(id).await.map_err(|err| {
                         SnapshotError::Other(format!(
-                            "could not undelete referenced content {}: {err}",
-                            e.content_id
+                            "could not undelete referenced content {id}: {err}"
                         ))
                     })?;
-                stats.recovered_content_count += 1;
-                stats.recovered_content_size += size;
+                    stats.recovered_content_count += 1;
+                    stats.recovered_content_size += size;
+                }
+                Action::Delete => {
+                    contents.delete_content(id).await?;
+                    stats.deleted_content_count += 1;
+                    stats.deleted_content_size += size;
+                }
             }
-            stats.in_use_content_count += 1;
-            stats.in_use_content_size += size;
-            continue;
         }
-        let written = DateTime::from_timestamp(e.timestamp_seconds, 0).unwrap_or(start_time);
-        if start_time - written < safety.min_content_age_subject_to_gc {
-            stats.unreferenced_recent_content_count += 1;
-            stats.unreferenced_recent_content_size += size;
-            continue;
-        }
-        stats.unreferenced_content_count += 1;
-        stats.unreferenced_content_size += size;
-        if delete {
-            contents.delete_content(&e.content_id).await?;
-            stats.deleted_content_count += 1;
-            stats.deleted_content_size += size;
-            if stats.unreferenced_content_count.is_multiple_of(FLUSH_EVERY) {
+        match resume {
+            Some(id) => {
                 contents.flush().await?;
+                after = Some(id);
             }
+            None => break,
         }
     }
     contents.flush().await?;
@@ -310,14 +428,16 @@ pub async fn run_snapshot_gc(
 ) -> Result<SnapshotGcStats> {
     let index = repo.contents().index_snapshot();
     let manifests = snapshot_manifests(repo, &index).await?;
-    let marks = mark_referenced(repo, &manifests, index.total_entries()).await?;
+    let marks = mark_referenced(repo, &manifests, &index).await?;
+    // The sweep takes its own views: holding this one would keep the table shared.
+    drop(index);
     drop(manifests);
     tracing::info!(
         "snapshot GC: {} referenced contents ({} bytes of marks)",
         marks.len(),
         marks.memory_bytes()
     );
-    let stats = sweep(repo, &index, &marks, safety, start_time, delete).await?;
+    let stats = sweep(repo, &marks, safety, start_time, delete).await?;
     if stats.unreferenced_content_count > 0 && !delete {
         return Err(SnapshotError::Other(
             "Not deleting because 'gcDelete' was not set".into(),
@@ -329,6 +449,80 @@ pub async fn run_snapshot_gc(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Sweeps in batches of 7 over a table folded in place between them: exactly the unmarked
+    /// contents end deleted, marked deleted ones come back, and positions stay valid throughout.
+    #[tokio::test]
+    async fn batched_sweep_over_a_table_folded_in_place() {
+        use kmover_blob::DynBlobStore;
+        use kmover_blob::memory::MemoryStore;
+        use kmover_repo::CreateOptions;
+
+        let store: DynBlobStore = std::sync::Arc::new(MemoryStore::new());
+        let opts = CreateOptions {
+            key_algorithm: kmover_format::kdf::KeyDerivationAlgorithm::Pbkdf2Sha256_600000,
+            ..Default::default()
+        };
+        Repository::create(store.clone(), &opts, "pw")
+            .await
+            .unwrap();
+        let repo = Repository::open(store, "pw", Default::default())
+            .await
+            .unwrap();
+        let contents = repo.contents();
+        let mut ids = Vec::new();
+        // Four flushes, then the deletions': the fifth index folds them all into one unshared
+        // table.
+        for round in 0..4u32 {
+            for i in 0..15u32 {
+                let data = format!("content {round} {i}");
+                ids.push(
+                    contents
+                        .write_content(data.as_bytes(), None, None)
+                        .await
+                        .unwrap(),
+                );
+            }
+            contents.flush().await.unwrap();
+        }
+        let marked = |i: usize| i.is_multiple_of(3);
+        for (i, id) in ids.iter().enumerate() {
+            if marked(i) && i.is_multiple_of(2) {
+                contents.delete_content(id).await.unwrap();
+            }
+        }
+        contents.flush().await.unwrap();
+        // Deleted later than written, and older than the GC start.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let view = contents.index_snapshot();
+        assert!(view.is_fully_merged(), "the deletions folded in too");
+        let mut marks = Marks::for_view(&view, view.total_entries());
+        for (i, id) in ids.iter().enumerate() {
+            if marked(i) {
+                marks.mark(&view, id);
+            }
+        }
+        marks.finish();
+        assert!(matches!(marks.set, MarkSet::Positions { .. }));
+        assert_eq!(marks.len(), ids.len().div_ceil(3));
+        drop(view);
+
+        let start = repo.now() + chrono::TimeDelta::seconds(5);
+        let stats = sweep_in_batches(&repo, &marks, &SafetyParameters::none(), start, true, 7)
+            .await
+            .unwrap();
+        let unmarked = ids.len() - marks.len();
+        assert_eq!(stats.deleted_content_count as usize, unmarked);
+        assert_eq!(stats.in_use_content_count as usize, marks.len());
+        assert_eq!(
+            stats.recovered_content_count as usize,
+            ids.len().div_ceil(6)
+        );
+        for (i, id) in ids.iter().enumerate() {
+            let e = contents.content_info(id).await.unwrap();
+            assert_eq!(e.deleted, !marked(i), "content #{i}");
+        }
+    }
 
     #[test]
     fn fingerprints_order_like_keys() {
@@ -346,23 +540,31 @@ mod tests {
         );
     }
 
+    fn fps(m: &Marks) -> &Vec<u64> {
+        match &m.set {
+            MarkSet::Fingerprints(f) => f,
+            MarkSet::Positions { .. } => panic!("fingerprint marks expected"),
+        }
+    }
+
     #[test]
     fn marks_dedup_and_sort_within_their_buffer() {
-        let mut m = Marks::with_capacity(0);
-        let capacity = m.fingerprints.capacity();
+        let view = CommittedIndex::default();
+        let mut m = Marks::fingerprints(0);
+        let capacity = fps(&m).capacity();
         // Far more references than fit, to few distinct contents: the buffer never grows.
         for i in 0..10 * capacity {
             let id = format!("{:02x}aa", i % 3);
-            m.mark(&ContentId::parse(&id).unwrap());
+            m.mark(&view, &ContentId::parse(&id).unwrap());
         }
-        assert_eq!(m.fingerprints.capacity(), capacity);
+        assert_eq!(fps(&m).capacity(), capacity);
         m.finish();
         assert_eq!(m.len(), 3);
-        assert!(m.fingerprints.windows(2).all(|w| w[0] < w[1]));
+        assert!(fps(&m).windows(2).all(|w| w[0] < w[1]));
         // Distinct contents beyond the estimate still all fit.
-        let mut m = Marks::with_capacity(0);
+        let mut m = Marks::fingerprints(0);
         for i in 0..3 * capacity {
-            m.mark(&ContentId::parse(&format!("{i:08x}")).unwrap());
+            m.mark(&view, &ContentId::parse(&format!("{i:08x}")).unwrap());
         }
         m.finish();
         assert_eq!(m.len(), 3 * capacity);

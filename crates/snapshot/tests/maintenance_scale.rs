@@ -55,6 +55,10 @@ const RSS_BUDGET_KIB: u64 = 1 << 20;
 const CHILD_ENV: &str = "KMOVER_SCALE_CHILD_REPO";
 /// Precedes the child's peak RSS (KiB) in its output.
 const PEAK_MARKER: &str = "child-peak-rss-kib=";
+/// Overrides the ignored test's content count (e.g. 2000000 for a quicker profile).
+const CONTENTS_ENV: &str = "KMOVER_SCALE_CONTENTS";
+/// A command (space-separated words) the child runs under, e.g. `heaptrack -o /tmp/h6/gc`.
+const CHILD_WRAPPER_ENV: &str = "KMOVER_SCALE_CHILD_WRAPPER";
 
 fn fast_format() -> CreateOptions {
     CreateOptions {
@@ -221,6 +225,14 @@ fn peak_rss_kib() -> u64 {
 /// The child's job: full maintenance of the repository named by [`CHILD_ENV`]; prints its
 /// peak RSS on a line of its own for the parent.
 fn child_maintenance(repo_path: &str) {
+    // As the kmover binary does at start (src/allocator.rs): every buffer of 1 MiB or more is
+    // mapped on its own and handed back to the OS when freed, so per-thread arenas do not keep
+    // the freed batches of one phase resident into the next.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters and takes glibc's own lock.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -294,7 +306,18 @@ fn maintain_at_scale(test_name: &str, total: u64) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
 
     let started = Instant::now();
-    let out = Command::new(std::env::current_exe().unwrap())
+    let exe = std::env::current_exe().unwrap();
+    let wrapper = std::env::var(CHILD_WRAPPER_ENV).unwrap_or_default();
+    let mut words = wrapper.split_whitespace();
+    let mut child = match words.next() {
+        Some(program) => {
+            let mut c = Command::new(program);
+            c.args(words).arg(&exe);
+            c
+        }
+        None => Command::new(&exe),
+    };
+    let out = child
         .args([test_name, "--exact", "--include-ignored", "--nocapture"])
         .arg("--test-threads=1")
         .env(CHILD_ENV, &path)
@@ -375,8 +398,12 @@ fn full_maintenance_of_200_thousand_contents_fits_in_1_gib() {
 #[test]
 #[ignore = "generates 20 million contents (~3 GB, minutes): run with --ignored --release"]
 fn full_maintenance_of_20_million_contents_fits_in_1_gib() {
+    let total = std::env::var(CONTENTS_ENV)
+        .ok()
+        .map(|v| v.parse().expect("KMOVER_SCALE_CONTENTS is a number"))
+        .unwrap_or(20_000_000);
     maintain_at_scale(
         "full_maintenance_of_20_million_contents_fits_in_1_gib",
-        20_000_000,
+        total,
     );
 }

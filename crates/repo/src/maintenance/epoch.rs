@@ -11,7 +11,7 @@ use kmover_blob::{BlobMetadata, DynBlobStore};
 use kmover_format::epoch::{self, CompactionRule};
 use kmover_format::gotime;
 
-use super::compaction::{OutputNaming, load_indexes, write_merged};
+use super::compaction::{OutputNaming, compact_index_blobs};
 use super::schedule::TaskStats;
 use crate::error::{RepoError, Result};
 use crate::index_blobs::EpochState;
@@ -86,11 +86,10 @@ pub async fn compact_single_epoch(repo: &Repository) -> Result<Option<TaskStats>
         return Ok(None);
     }
     let blobs = state.uncompacted_blobs(repo.store(), e).await?;
-    let inputs = load_indexes(repo, &ids(&blobs)).await?;
     let prefix = epoch::single_epoch_compaction_prefix(e);
-    write_merged(
+    compact_index_blobs(
         repo,
-        &inputs,
+        &ids(&blobs),
         OutputNaming::CompleteSet { prefix: &prefix },
         |_| false,
     )
@@ -117,11 +116,10 @@ pub async fn generate_range_checkpoint(repo: &Repository) -> Result<Option<TaskS
         return Ok(None);
     };
     let blobs = state.index_set(repo.store(), first, last).await?;
-    let inputs = load_indexes(repo, &ids(&blobs)).await?;
     let prefix = epoch::range_checkpoint_prefix(first, last);
-    write_merged(
+    compact_index_blobs(
         repo,
-        &inputs,
+        &ids(&blobs),
         OutputNaming::CompleteSet { prefix: &prefix },
         |_| false,
     )

@@ -11,7 +11,7 @@ use kmover_format::epoch::{
     LegacyBlobMetadata,
 };
 
-use super::compaction::{OutputNaming, load_indexes, write_merged};
+use super::compaction::{OutputNaming, compact_index_blobs};
 use super::schedule::TaskStats;
 use crate::error::{RepoError, Result};
 use crate::index_blobs;
@@ -102,14 +102,12 @@ async fn compact_blobs(
         return Ok(false);
     }
     let ids: Vec<String> = inputs.iter().map(|b| b.id.clone()).collect();
-    let loaded = load_indexes(repo, &ids).await?;
     let drop_before = opts.drop_deleted_before.map(|t| t.timestamp());
-    let written = write_merged(repo, &loaded, OutputNaming::Legacy, |e| {
+    let written = compact_index_blobs(repo, &ids, OutputNaming::Legacy, |e| {
         // kopia: deleted and `Timestamp().Before(dropDeletedBefore)`, compared in whole seconds.
         e.deleted && drop_before.is_some_and(|t| e.timestamp_seconds < t)
     })
     .await?;
-    drop(loaded);
     let mut outputs = Vec::with_capacity(written.len());
     for id in &written {
         outputs.push(to_legacy(&repo.store().metadata(id).await?));

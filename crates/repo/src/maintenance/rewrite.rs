@@ -26,6 +26,8 @@ const REWRITE_PARALLELISM: usize = 16;
 /// Copies indexed between flushes: unflushed entries are held in memory until the next flush,
 /// so one flush at the end would hold every rewritten content (GB at millions of contents).
 const FLUSH_EVERY_REWRITTEN: u64 = 100_000;
+/// Copies in flight together.
+const COPY_BATCH: usize = 4096;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RewriteOptions {
@@ -75,10 +77,14 @@ pub async fn rewrite_contents(
     now: DateTime<Utc>,
     dropped: impl Fn(&IndexEntry) -> bool,
 ) -> Result<Option<TaskStats>> {
-    let snapshot = repo.contents().index_snapshot();
     let threshold = (repo.crypto().max_pack_size() * SHORT_PACK_PERCENT / 100) as u64;
     let mut usage: HashMap<Arc<str>, PackUsage> = HashMap::new();
-    for e in snapshot.iter().filter(|e| opts.selects(e)) {
+    for e in repo
+        .contents()
+        .index_snapshot()
+        .iter()
+        .filter(|e| opts.selects(e))
+    {
         let u = usage.entry(e.pack_blob_id.clone()).or_default();
         u.total += u64::from(e.packed_length);
         if !dropped(&e) {
@@ -92,30 +98,45 @@ pub async fn rewrite_contents(
     }
 
     let min_age = safety.rewrite_min_age;
-    let mut to_copy = Vec::new();
-    let mut flushed_at = 0u64;
-    let candidates = snapshot
-        .iter()
-        .filter(|e| opts.selects(e) && packs.contains_key(&e.pack_blob_id) && !dropped(e));
-    for e in candidates {
-        if now - DateTime::from_timestamp(e.timestamp_seconds, 0).unwrap_or(now) < min_age {
-            stats.retained_content_count += 1;
-            stats.retained_content_size += i64::from(e.packed_length);
-            continue;
-        }
-        stats.to_rewrite_content_count += 1;
-        stats.to_rewrite_content_size += i64::from(e.packed_length);
-        to_copy.push((e.content_id, e.packed_length));
-        if to_copy.len() >= 4096 {
-            copy_batch(repo, std::mem::take(&mut to_copy), &mut stats).await?;
-            if stats.rewritten_content_count - flushed_at >= FLUSH_EVERY_REWRITTEN {
-                repo.contents().flush().await?;
-                flushed_at = stats.rewritten_content_count;
+    // Batches chosen on a fresh view each, released before copying: the flushed copies then
+    // fold into the index's table in place rather than into a copy of it. A batch resumes
+    // after the last content chosen; copies only change what precedes it.
+    let mut after: Option<ContentId> = None;
+    loop {
+        let mut to_copy = Vec::new();
+        let mut resume = None;
+        {
+            let view = repo.contents().index_snapshot();
+            let candidates = view
+                .iter_after(after.as_ref())
+                .filter(|e| opts.selects(e) && packs.contains_key(&e.pack_blob_id) && !dropped(e));
+            for e in candidates {
+                if now - DateTime::from_timestamp(e.timestamp_seconds, 0).unwrap_or(now) < min_age {
+                    stats.retained_content_count += 1;
+                    stats.retained_content_size += i64::from(e.packed_length);
+                    continue;
+                }
+                stats.to_rewrite_content_count += 1;
+                stats.to_rewrite_content_size += i64::from(e.packed_length);
+                to_copy.push((e.content_id, e.packed_length));
+                if to_copy.len() as u64 >= FLUSH_EVERY_REWRITTEN {
+                    resume = Some(e.content_id);
+                    break;
+                }
             }
         }
+        let mut rest = to_copy.as_slice();
+        while !rest.is_empty() {
+            let (batch, tail) = rest.split_at(rest.len().min(COPY_BATCH));
+            copy_batch(repo, batch.to_vec(), &mut stats).await?;
+            rest = tail;
+        }
+        repo.contents().flush().await?;
+        match resume {
+            Some(id) => after = Some(id),
+            None => break,
+        }
     }
-    copy_batch(repo, to_copy, &mut stats).await?;
-    repo.contents().flush().await?;
     Ok(Some(TaskStats::RewriteContents(stats)))
 }
 
