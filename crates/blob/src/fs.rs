@@ -459,14 +459,39 @@ impl BlobStore for FilesystemStore {
         let path = self.checked_path(id)?;
         let id = id.to_string();
         let inner = self.inner.clone();
-        blocking(move || write_atomically(&inner.root, &id, &path, &data, inner.options)).await
+        blocking(move || write_atomically(&inner.root, &id, &path, data, inner.options)).await
     }
 
     async fn put_shared(&self, id: &str, data: Arc<BlobBytes>) -> Result<()> {
         let path = self.checked_path(id)?;
         let id = id.to_string();
         let inner = self.inner.clone();
-        blocking(move || write_atomically(&inner.root, &id, &path, &data, inner.options)).await
+        // Our reference goes once the bytes are in the file, before the (slow) fsync: a caller
+        // holding none of its own gets the memory back while the disk catches up.
+        blocking(move || {
+            write_atomically(&inner.root, &id, &path, SharedBytes(data), inner.options)
+        })
+        .await
+    }
+
+    async fn start_blob(&self, id: &str) -> Result<Option<Box<dyn crate::BlobWriter>>> {
+        let path = self.checked_path(id)?;
+        let id = id.to_string();
+        let inner = self.inner.clone();
+        blocking(move || {
+            let (file, temp) = create_temporary(&inner.root, &id, &path, inner.options, true)?;
+            let writer: Box<dyn crate::BlobWriter> = Box::new(FileBlobWriter {
+                id,
+                file,
+                temp,
+                path,
+                root: inner.root.clone(),
+                len: 0,
+                committed: false,
+            });
+            Ok(Some(writer))
+        })
+        .await
     }
 
     async fn delete(&self, id: &str) -> Result<()> {
@@ -619,41 +644,31 @@ fn read_range(id: &str, path: &Path, offset: u64, length: u64) -> Result<BlobByt
 
 /// Kopia's write protocol plus fsyncs: exclusive temp file next to `path`, write, fsync, rename
 /// over `path`, fsync the directory. The temp file is removed on any failure.
+/// A shared blob body as a byte slice.
+struct SharedBytes(Arc<BlobBytes>);
+
+impl AsRef<[u8]> for SharedBytes {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
+    }
+}
+
+/// Writes `data` to a temporary file, fsyncs it and renames it to `path`. `data` is dropped as
+/// soon as it is written, before the fsync.
 fn write_atomically(
     root: &Path,
     id: &str,
     path: &Path,
-    data: &[u8],
+    data: impl AsRef<[u8]>,
     options: FilesystemOptions,
 ) -> Result<()> {
-    let mut random = [0u8; TEMP_SUFFIX_RANDOM_BYTES];
-    getrandom::fill(&mut random)
-        .map_err(|e| BlobError::Other(format!("no random bytes for a temp file name: {e}")))?;
-    let mut temp_name = path.as_os_str().to_os_string();
-    temp_name.push(format!(".tmp.{}", hex::encode(random)));
-    let temp = PathBuf::from(temp_name);
+    let (mut file, temp) = create_temporary(root, id, path, options, false)?;
     let parent = path.parent().unwrap_or(root);
-
-    let create = || {
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(options.file_mode)
-            .open(&temp)
-    };
-    let mut file = match create() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound && parent != root => {
-            create_shard_dirs(root, parent, id, options.dir_mode)?;
-            create()
-        }
-        other => other,
-    }
-    .map_err(|e| io_error(id, "create temporary file", &temp, e))?;
-
     let written = file
-        .write_all(data)
+        .write_all(data.as_ref())
         .map_err(|e| io_error(id, "write temporary file", &temp, e))
         .and_then(|()| {
+            drop(data);
             file.sync_all()
                 .map_err(|e| io_error(id, "fsync temporary file", &temp, e))
         })
@@ -669,6 +684,104 @@ fn write_atomically(
         return Err(error);
     }
     sync_directory(parent).map_err(|e| io_error(id, "fsync directory", parent, e))
+}
+
+/// Creates `<path>.tmp.<random>` (and missing shard directories) for a blob to be renamed to
+/// `path`; readable too when `readable`.
+fn create_temporary(
+    root: &Path,
+    id: &str,
+    path: &Path,
+    options: FilesystemOptions,
+    readable: bool,
+) -> Result<(File, PathBuf)> {
+    let mut random = [0u8; TEMP_SUFFIX_RANDOM_BYTES];
+    getrandom::fill(&mut random)
+        .map_err(|e| BlobError::Other(format!("no random bytes for a temp file name: {e}")))?;
+    let mut temp_name = path.as_os_str().to_os_string();
+    temp_name.push(format!(".tmp.{}", hex::encode(random)));
+    let temp = PathBuf::from(temp_name);
+    let parent = path.parent().unwrap_or(root);
+    let create = || {
+        OpenOptions::new()
+            .read(readable)
+            .write(true)
+            .create_new(true)
+            .mode(options.file_mode)
+            .open(&temp)
+    };
+    let file = match create() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && parent != root => {
+            create_shard_dirs(root, parent, id, options.dir_mode)?;
+            create()
+        }
+        other => other,
+    }
+    .map_err(|e| io_error(id, "create temporary file", &temp, e))?;
+    Ok((file, temp))
+}
+
+/// A blob written in pieces into its temporary file, renamed into place on commit.
+#[derive(Debug)]
+struct FileBlobWriter {
+    id: String,
+    file: File,
+    temp: PathBuf,
+    path: PathBuf,
+    root: PathBuf,
+    len: u64,
+    committed: bool,
+}
+
+impl crate::BlobWriter for FileBlobWriter {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.file
+            .write_all(data)
+            .map_err(|e| io_error(&self.id, "write temporary file", &self.temp, e))?;
+        self.len += data.len() as u64;
+        Ok(())
+    }
+
+    fn read_at(&self, offset: u64, length: u64) -> Result<BlobBytes> {
+        if offset.checked_add(length).is_none_or(|end| end > self.len) {
+            return Err(BlobError::InvalidRange {
+                id: self.id.clone(),
+                offset,
+                length,
+                actual: self.len,
+            });
+        }
+        let mut buffer = vec![0u8; length as usize];
+        self.file
+            .read_exact_at(&mut buffer, offset)
+            .map_err(|e| io_error(&self.id, "read temporary file", &self.temp, e))?;
+        Ok(buffer)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.len
+    }
+
+    fn commit(mut self: Box<Self>) -> Result<()> {
+        self.file
+            .sync_all()
+            .map_err(|e| io_error(&self.id, "fsync temporary file", &self.temp, e))?;
+        std::fs::rename(&self.temp, &self.path)
+            .map_err(|e| io_error(&self.id, "rename temporary file to", &self.path, e))?;
+        self.committed = true;
+        let parent = self.path.parent().unwrap_or(&self.root);
+        sync_directory(parent).map_err(|e| io_error(&self.id, "fsync directory", parent, e))
+    }
+}
+
+impl Drop for FileBlobWriter {
+    fn drop(&mut self) {
+        if !self.committed
+            && let Err(e) = std::fs::remove_file(&self.temp)
+        {
+            tracing::warn!("cannot remove temporary file {}: {e}", self.temp.display());
+        }
+    }
 }
 
 /// Creates the missing directories between `root` (never created: a vanished root, e.g. an
@@ -908,6 +1021,46 @@ mod tests {
         assert_eq!(
             go_json_string("a\"\\\n\u{1}\u{2028}é"),
             "\"a\\\"\\\\\\n\\u0001\\u2028é\""
+        );
+    }
+
+    #[tokio::test]
+    async fn blob_written_in_pieces_appears_only_when_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        let store = FilesystemStore::create(&root, ShardingMode::Default)
+            .await
+            .unwrap();
+        let mut writer = store.start_blob("pabcdef012345").await.unwrap().unwrap();
+        writer.append(b"hello ").unwrap();
+        writer.append(b"world").unwrap();
+        assert_eq!(writer.bytes_written(), 11);
+        assert_eq!(writer.read_at(6, 5).unwrap(), b"world");
+        assert!(writer.read_at(6, 6).is_err());
+        assert!(store.list("p").await.unwrap().is_empty());
+        writer.commit().unwrap();
+        assert_eq!(store.get("pabcdef012345").await.unwrap(), b"hello world");
+
+        // Dropped uncommitted: nothing stays behind, not even the temporary file.
+        let mut abandoned = store.start_blob("pabcdef0999").await.unwrap().unwrap();
+        abandoned.append(b"partial").unwrap();
+        drop(abandoned);
+        assert!(store.get("pabcdef0999").await.unwrap_err().is_not_found());
+        let mut files = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(d) = dirs.pop() {
+            for entry in std::fs::read_dir(&d).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(
+            files.iter().all(|f| !f.to_string_lossy().contains(".tmp.")),
+            "{files:?}"
         );
     }
 }

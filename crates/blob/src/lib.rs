@@ -108,12 +108,31 @@ pub trait BlobStore: Send + Sync + std::fmt::Debug {
     async fn put_shared(&self, id: &str, data: Arc<BlobBytes>) -> Result<()> {
         self.put(id, Arc::unwrap_or_clone(data)).await
     }
+    /// A writer of blob `id` in pieces, for stores that keep a partial blob outside memory
+    /// (the filesystem store); `None` when the store takes whole blobs only. Wrappers that
+    /// change what a put does must not forward it.
+    async fn start_blob(&self, _id: &str) -> Result<Option<Box<dyn BlobWriter>>> {
+        Ok(None)
+    }
     /// Deleting a missing blob succeeds.
     async fn delete(&self, id: &str) -> Result<()>;
     /// Every blob whose ID starts with `prefix` (any string prefix), in no particular order.
     async fn list(&self, prefix: &str) -> Result<Vec<BlobMetadata>>;
     /// A human-readable location for messages ("filesystem /repo", "s3://bucket/prefix").
     fn describe(&self) -> String;
+}
+
+/// A blob written in pieces (see [`BlobStore::start_blob`]): invisible until committed, and
+/// gone if dropped uncommitted. Its methods do blocking I/O.
+pub trait BlobWriter: Send + Sync + std::fmt::Debug {
+    /// Appends `data` to the blob.
+    fn append(&mut self, data: &[u8]) -> Result<()>;
+    /// `length` bytes from `offset` of what was appended.
+    fn read_at(&self, offset: u64, length: u64) -> Result<BlobBytes>;
+    /// Bytes appended so far.
+    fn bytes_written(&self) -> u64;
+    /// Makes the blob durable and visible under its ID, atomically.
+    fn commit(self: Box<Self>) -> Result<()>;
 }
 
 pub type DynBlobStore = Arc<dyn BlobStore>;

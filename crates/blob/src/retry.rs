@@ -12,6 +12,7 @@
 //! ```
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -176,6 +177,12 @@ impl BlobStore for RetryingStore {
     async fn put(&self, id: &str, data: BlobBytes) -> Result<()> {
         // Each attempt consumes its bytes; the copy is cheap next to a network round trip.
         self.run("put", id, || self.inner.put(id, data.clone()))
+            .await
+    }
+
+    async fn put_shared(&self, id: &str, data: Arc<BlobBytes>) -> Result<()> {
+        // Every attempt shares the caller's bytes.
+        self.run("put", id, || self.inner.put_shared(id, data.clone()))
             .await
     }
 

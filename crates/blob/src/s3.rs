@@ -17,6 +17,7 @@
 //! ```
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -361,6 +362,15 @@ impl<'a> Outgoing<'a> {
             headers: Vec::new(),
             body: Bytes::new(),
         }
+    }
+}
+
+/// A shared upload buffer as a request body.
+struct SharedBody(Arc<BlobBytes>);
+
+impl AsRef<[u8]> for SharedBody {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_slice()
     }
 }
 
@@ -1088,6 +1098,17 @@ impl S3Store {
         Ok(ListPage { blobs, next })
     }
 
+    async fn put_bytes(&self, id: &str, data: Bytes) -> Result<()> {
+        Self::check_id(id)?;
+        let region = self.resolved("put", id).await?.region.clone();
+        let key = self.key(id);
+        if data.len() as u64 > self.config.tuning.multipart_threshold {
+            self.put_multipart(id, &region, &key, data).await
+        } else {
+            self.put_single(id, &region, &key, data).await
+        }
+    }
+
     async fn put_single(&self, id: &str, region: &str, key: &str, data: Bytes) -> Result<()> {
         let mut req = Outgoing::new(Method::PUT, Target::Object(key));
         req.headers.push(("content-type", CONTENT_TYPE.into()));
@@ -1284,15 +1305,13 @@ impl BlobStore for S3Store {
     }
 
     async fn put(&self, id: &str, data: BlobBytes) -> Result<()> {
-        Self::check_id(id)?;
-        let region = self.resolved("put", id).await?.region.clone();
-        let key = self.key(id);
-        let data = Bytes::from(data);
-        if data.len() as u64 > self.config.tuning.multipart_threshold {
-            self.put_multipart(id, &region, &key, data).await
-        } else {
-            self.put_single(id, &region, &key, data).await
-        }
+        self.put_bytes(id, Bytes::from(data)).await
+    }
+
+    async fn put_shared(&self, id: &str, data: Arc<BlobBytes>) -> Result<()> {
+        // The body borrows the caller's buffer: no copy of a whole pack per upload.
+        self.put_bytes(id, Bytes::from_owner(SharedBody(data)))
+            .await
     }
 
     async fn delete(&self, id: &str) -> Result<()> {

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 
 use chrono::{DateTime, Utc};
-use kmover_blob::DynBlobStore;
+use kmover_blob::{BlobWriter, DynBlobStore};
 use kmover_format::compression;
 use kmover_format::index::{IndexBuilder, IndexEntry};
 use kmover_format::pack::{self, Postamble};
@@ -24,15 +24,14 @@ use crate::repository::Clock;
 
 /// Index entries per index blob, as kopia's `DefaultIndexShardSize`.
 const INDEX_SHARD_SIZE: usize = 16_000_000;
-/// Packs uploaded concurrently by one writer before `write_content` waits for one to finish.
-/// Each holds a whole pack in memory; two keep the store busy while the next pack fills.
+/// Packs uploaded (or committed, when streamed to the store) concurrently by one writer before
+/// `write_content` waits for one to finish: one keeps the store busy while the next pack fills.
 const MAX_UPLOADS_IN_FLIGHT: usize = 1;
-/// Uploaded pack buffers kept for the next packs, so a long backup reuses memory it already
-/// touched instead of faulting in a fresh ~20 MiB buffer per pack.
-const SPARE_PACK_BUFFERS: usize = 1;
 /// Capacity of a pack buffer past the pack size limit: the largest splitter chunk (16 MiB), its
 /// encryption overhead, padding and the local index.
 const PACK_BUFFER_HEADROOM: usize = 17 << 20;
+/// Bytes a pack streamed to its store gathers in memory before they are written out.
+const STREAM_WRITE_BYTES: usize = 1 << 20;
 /// Compression output buffers kept for reuse (about one per concurrent writer).
 const SPARE_COMPRESSION_BUFFERS: usize = 2;
 /// kopia flushes automatically when this long has passed since the last index flush.
@@ -58,8 +57,58 @@ struct Session {
 
 struct PendingPack {
     blob_id: Arc<str>,
+    /// The pack's bytes not yet handed to `stream` (all of them without one).
     data: Vec<u8>,
-    entries: Vec<IndexEntry>,
+    /// The store's writer of this pack when it takes blobs in pieces (the filesystem): the
+    /// bytes then go to the temporary file as they come instead of staying in memory.
+    stream: Option<Box<dyn BlobWriter>>,
+    /// Bytes already written to `stream`.
+    streamed: usize,
+    /// The pack's local index: the newest entry of each content in it.
+    entries: IndexBuilder,
+}
+
+impl PendingPack {
+    fn len(&self) -> usize {
+        self.streamed + self.data.len()
+    }
+
+    /// Writes the gathered bytes to the stream once there are at least `at_least` of them.
+    fn write_out(&mut self, at_least: usize) -> kmover_blob::Result<()> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(());
+        };
+        if self.data.len() < at_least || self.data.is_empty() {
+            return Ok(());
+        }
+        stream.append(&self.data)?;
+        self.streamed += self.data.len();
+        if self.data.capacity() > 2 * STREAM_WRITE_BYTES {
+            // A large content grew the buffer: give that memory back.
+            self.data = Vec::new();
+        } else {
+            self.data.clear();
+        }
+        Ok(())
+    }
+
+    /// Bytes `start..start + len` of the pack.
+    fn read(&self, start: usize, len: usize) -> Option<Vec<u8>> {
+        let end = start.checked_add(len)?;
+        if start >= self.streamed {
+            return self
+                .data
+                .get(start - self.streamed..end - self.streamed)
+                .map(<[u8]>::to_vec);
+        }
+        let stream = self.stream.as_ref()?;
+        let from_stream = end.min(self.streamed) - start;
+        let mut bytes = stream.read_at(start as u64, from_stream as u64).ok()?;
+        if end > self.streamed {
+            bytes.extend_from_slice(self.data.get(..end - self.streamed)?);
+        }
+        Some(bytes)
+    }
 }
 
 /// What a pack gets for one content.
@@ -87,43 +136,75 @@ struct StoredForm<'a> {
     format_version: u8,
 }
 
-/// A finalized pack being uploaded: its bytes (shared with the upload, for reads) and entries
-/// (indexed once it is stored).
-type UploadingPack = (Arc<Vec<u8>>, Vec<IndexEntry>);
+/// A sealed pack on its way to the store. The upload owns the bytes: a store may drop them as
+/// soon as they are written (the filesystem store does, before its fsync), so a stored pack
+/// does not stay in memory beside the one filling meanwhile.
+struct UploadingPack {
+    /// The bytes, for reads of its contents while the upload still holds them.
+    data: std::sync::Weak<Vec<u8>>,
+    /// Becomes true when the upload has ended (stored or failed).
+    ended: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Where the stored bytes of an unflushed content are.
+enum UnflushedBytes {
+    InMemory(Vec<u8>),
+    /// In a pack whose upload has released its buffer: readable once the upload ends.
+    Uploading(tokio::sync::watch::Receiver<bool>),
+    InStore,
+}
 
 struct WriterState {
     session: Option<Session>,
     /// Slot 0 holds `p` (unprefixed) contents, slot 1 `q` (prefixed) ones.
     pending: [Option<PendingPack>; 2],
     uploads: JoinSet<(Arc<str>, Result<()>)>,
+    /// Sealed packs being uploaded.
     uploading: HashMap<Arc<str>, UploadingPack>,
-    /// Entries of stored packs awaiting the next index flush.
-    stored: Vec<IndexEntry>,
-    /// Every entry written since the last flush, for dedup and read-your-writes.
-    written: HashMap<ContentId, IndexEntry>,
+    /// The next index blob: the newest entry of each content of the sealed packs (uploaded or
+    /// uploading) and of each deletion since the last flush. It is indexed in place at flush;
+    /// with the pending packs' entries, it is the only record of unflushed entries, so each is
+    /// held once (millions of small files make these the largest structures of a backup).
+    written: IndexBuilder,
     last_flush: DateTime<Utc>,
-    /// Buffers of uploaded packs, cleared, for the next packs.
-    spare_packs: Vec<Vec<u8>>,
 }
 
 impl WriterState {
-    /// The stored bytes of an unflushed content whose pack is still in memory.
-    fn in_memory_bytes(&self, e: &IndexEntry) -> Option<Vec<u8>> {
-        let data = match self
+    /// The newest entry written since the last flush, for dedup and read-your-writes. A pending
+    /// pack's entry is newer than any sealed one of the same content.
+    fn written(&self, id: &ContentId) -> Option<&IndexEntry> {
+        self.pending[usize::from(id.has_prefix())]
+            .as_ref()
+            .and_then(|p| p.entries.get(id))
+            .or_else(|| self.written.get(id))
+    }
+
+    /// Where the stored bytes of unflushed content `e` can be read.
+    fn unflushed_bytes(&self, e: &IndexEntry) -> UnflushedBytes {
+        let range = |data: &[u8]| {
+            let start = e.pack_offset as usize;
+            data.get(start..start + e.packed_length as usize)
+                .map_or(UnflushedBytes::InStore, |b| {
+                    UnflushedBytes::InMemory(b.to_vec())
+                })
+        };
+        if let Some(p) = self
             .pending
             .iter()
             .flatten()
             .find(|p| p.blob_id == e.pack_blob_id)
         {
-            Some(p) => &p.data,
-            None => self
-                .uploading
-                .get(&e.pack_blob_id)
-                .map(|(data, _)| data.as_ref())?,
-        };
-        let start = e.pack_offset as usize;
-        data.get(start..start + e.packed_length as usize)
-            .map(<[u8]>::to_vec)
+            return p
+                .read(e.pack_offset as usize, e.packed_length as usize)
+                .map_or(UnflushedBytes::InStore, UnflushedBytes::InMemory);
+        }
+        match self.uploading.get(&e.pack_blob_id) {
+            Some(up) => match up.data.upgrade() {
+                Some(data) => range(&data),
+                None => UnflushedBytes::Uploading(up.ended.clone()),
+            },
+            None => UnflushedBytes::InStore,
+        }
     }
 }
 
@@ -146,10 +227,8 @@ impl ContentManager {
                 pending: [None, None],
                 uploads: JoinSet::new(),
                 uploading: HashMap::new(),
-                stored: Vec::new(),
-                written: HashMap::new(),
+                written: IndexBuilder::new(),
                 last_flush: now,
-                spare_packs: Vec::new(),
             }),
             compression_buffers: std::sync::Mutex::new(Vec::new()),
             clock,
@@ -222,12 +301,11 @@ impl ContentManager {
         let payload = if header_id == 0 { data } else { compressed };
 
         let mut w = self.writer.lock().await;
-        if w.written.get(&id).is_some_and(|e| !e.deleted) {
+        if w.written(&id).is_some_and(|e| !e.deleted) {
             return Ok(());
         }
         let previous_ts = w
-            .written
-            .get(&id)
+            .written(&id)
             .or(previous.as_ref())
             .map(|e| e.timestamp_seconds);
         let stored = StoredForm {
@@ -275,9 +353,12 @@ impl ContentManager {
     ) -> Result<()> {
         let now = (self.clock)().timestamp();
         let slot = usize::from(id.has_prefix());
+        // Uploads that ended since the last append release their pack buffers now rather than
+        // when the next pack is sealed, so a stored pack does not stay beside the filling one.
+        Self::reap_finished_uploads(w)?;
         if w.pending[slot].is_none() {
             let session_id = self.ensure_session(w).await?;
-            let pack = self.new_pending_pack(w, slot, &session_id);
+            let pack = self.new_pending_pack(slot, &session_id).await?;
             w.pending[slot] = Some(pack);
         }
         let pending = w.pending[slot]
@@ -288,7 +369,7 @@ impl ContentManager {
             timestamp_seconds: previous_ts.map_or(now, |p| now.max(p + 1)),
             deleted,
             pack_blob_id: pending.blob_id.clone(),
-            pack_offset: u32::try_from(pending.data.len())
+            pack_offset: u32::try_from(pending.len())
                 .map_err(|_| RepoError::Other("pack offset overflow".into()))?,
             packed_length: u32::try_from(stored.bytes.packed_len())
                 .map_err(|_| RepoError::Other(format!("content {id} is too large")))?,
@@ -297,6 +378,7 @@ impl ContentManager {
             format_version: stored.format_version,
             encryption_key_id: 0,
         };
+        pending.data.reserve(stored.bytes.packed_len());
         match stored.bytes {
             Packed::Sealed(bytes) => pending.data.extend_from_slice(bytes),
             // Encrypting under the writer lock costs little (AES-GCM runs at several GB/s) and
@@ -308,9 +390,14 @@ impl ContentManager {
                 &mut pending.data,
             ),
         }
-        pending.entries.push(entry.clone());
-        let full = pending.data.len() >= self.crypto.max_pack_size();
-        w.written.insert(id, entry);
+        pending.entries.add(entry);
+        let full = pending.len() >= self.crypto.max_pack_size();
+        if let Err(e) = pending.write_out(STREAM_WRITE_BYTES) {
+            // The pack is broken: dropping it forgets its contents (none is indexed yet) and
+            // removes its temporary file.
+            w.pending[slot] = None;
+            return Err(e.into());
+        }
         if full {
             self.start_upload(w, slot).await?;
         }
@@ -340,8 +427,7 @@ impl ContentManager {
         let deleted = entry.deleted && !undelete;
         let mut w = self.writer.lock().await;
         let previous_ts = w
-            .written
-            .get(id)
+            .written(id)
             .map_or(entry.timestamp_seconds, |e| e.timestamp_seconds);
         self.append_locked(&mut w, *id, stored, deleted, Some(previous_ts))
             .await
@@ -379,16 +465,19 @@ impl ContentManager {
         })
     }
 
-    fn new_pending_pack(&self, w: &mut WriterState, slot: usize, session_id: &str) -> PendingPack {
+    async fn new_pending_pack(&self, slot: usize, session_id: &str) -> Result<PendingPack> {
         let letter = if slot == 0 { 'p' } else { 'q' };
         let blob_id: Arc<str> =
             format!("{letter}{}-{session_id}", hex::encode(random_bytes::<16>())).into();
-        // Room for a last content of the largest chunk size past the limit, so the buffer never
-        // reallocates (a copy of the whole pack); untouched capacity costs no memory, and a
-        // reused buffer saves faulting its pages in again.
-        let mut data = w.spare_packs.pop().unwrap_or_else(|| {
-            Vec::with_capacity(self.crypto.max_pack_size() + PACK_BUFFER_HEADROOM)
-        });
+        let stream = self.store.start_blob(&blob_id).await?;
+        // In memory, room for a last content of the largest chunk size past the limit, so the
+        // buffer never reallocates (a copy of the whole pack); untouched capacity costs no
+        // memory. Buffers are not reused: a kept one would stay resident beside the next pack.
+        let capacity = match stream {
+            Some(_) => 2 * STREAM_WRITE_BYTES,
+            None => self.crypto.max_pack_size() + PACK_BUFFER_HEADROOM,
+        };
+        let mut data = Vec::with_capacity(capacity);
         if !self.crypto.config.enable_password_change {
             // Packs of v1-created repositories start with a checksummed copy of the format blob.
             if let Ok(replica) = format_blob::checksummed_replica(&self.crypto.format_blob_bytes) {
@@ -396,11 +485,13 @@ impl ContentManager {
             }
         }
         data.extend_from_slice(&random_bytes::<{ pack::PREAMBLE_LEN }>());
-        PendingPack {
+        Ok(PendingPack {
             blob_id,
             data,
-            entries: Vec::new(),
-        }
+            stream,
+            streamed: 0,
+            entries: IndexBuilder::new(),
+        })
     }
 
     async fn ensure_session(&self, w: &mut WriterState) -> Result<String> {
@@ -437,7 +528,7 @@ impl ContentManager {
     /// Does nothing when `slot` has no pending pack. Cancel-safe: it waits for room among the
     /// uploads before taking the pack, and from then on does not yield until the upload is
     /// registered, so a dropped caller (e.g. a checkpoint cut short) never loses a pack whose
-    /// contents `written` already lists.
+    /// contents were listed.
     async fn start_upload(&self, w: &mut WriterState, slot: usize) -> Result<()> {
         if w.pending[slot].is_none() {
             return Ok(());
@@ -448,72 +539,135 @@ impl ContentManager {
         let Some(PendingPack {
             blob_id,
             mut data,
+            stream,
+            streamed,
             entries,
         }) = w.pending[slot].take()
         else {
             return Ok(());
         };
-        let pad = pack::padding_len(data.len());
+        let pad = pack::padding_len(streamed + data.len());
         let mut padding = vec![0u8; pad];
         getrandom::fill(&mut padding).expect("the OS random source failed");
         data.extend_from_slice(&padding);
 
-        let mut local = IndexBuilder::new();
-        for e in &entries {
-            local.add(e.clone());
-        }
-        let mut local_plain = local.build(self.crypto.index_version())?;
+        let mut local_plain = entries.build(self.crypto.index_version())?;
         local_plain.extend_from_slice(&random_bytes::<{ pack::LOCAL_INDEX_RANDOM_TAIL }>());
         let iv = self.crypto.hasher.hash(&local_plain);
-        let local_index_offset = data.len() as u64;
+        let local_index_offset = (streamed + data.len()) as u64;
         self.crypto
             .encryptor
             .encrypt_into(&local_plain, iv.as_ref(), random_bytes(), &mut data);
         let postamble = Postamble {
             iv: iv.as_ref().to_vec(),
             local_index_offset,
-            local_index_length: data.len() as u64 - local_index_offset,
+            local_index_length: (streamed + data.len()) as u64 - local_index_offset,
         };
         data.extend_from_slice(&postamble.encode());
 
-        let data = Arc::new(data);
-        let store = self.store.clone();
-        let (id, bytes) = (blob_id.clone(), data.clone());
-        // The pack stays shared with `uploading` (reads of its contents) instead of being copied.
-        w.uploads.spawn(async move {
-            let r = store.put_shared(&id, bytes).await.map_err(RepoError::from);
-            (id, r)
-        });
-        w.uploading.insert(blob_id, (data, entries));
+        let id = blob_id.clone();
+        let (ended_tx, ended) = tokio::sync::watch::channel(false);
+        let uploading = match stream {
+            Some(mut stream) => {
+                // An error drops the stream, which removes the partial pack; its contents were
+                // never indexed.
+                stream.append(&data)?;
+                drop(data);
+                // The blocking pool starts the fsync at once, whichever tasks keep the workers.
+                w.uploads.spawn_blocking(move || {
+                    let r = stream.commit().map_err(RepoError::from);
+                    ended_tx.send_replace(true);
+                    (id, r)
+                });
+                UploadingPack {
+                    data: std::sync::Weak::new(),
+                    ended,
+                }
+            }
+            None => {
+                let data = Arc::new(data);
+                let store = self.store.clone();
+                let uploading = UploadingPack {
+                    data: Arc::downgrade(&data),
+                    ended,
+                };
+                w.uploads.spawn(async move {
+                    let r = store.put_shared(&id, data).await.map_err(RepoError::from);
+                    ended_tx.send_replace(true);
+                    (id, r)
+                });
+                uploading
+            }
+        };
+        w.uploading.insert(blob_id, uploading);
+        // The entries join the next index now; a failed upload takes them out again. The
+        // smaller index goes into the larger (winners do not depend on the order), so a first
+        // pack's index is moved, not copied, and two large ones are never held at once.
+        let (mut larger, smaller) = if entries.len() > w.written.len() {
+            (entries, std::mem::take(&mut w.written))
+        } else {
+            (std::mem::take(&mut w.written), entries)
+        };
+        for e in smaller.sorted_entries() {
+            larger.add(e.clone());
+        }
+        w.written = larger;
         Ok(())
     }
 
     async fn finish_one_upload(w: &mut WriterState) -> Result<()> {
-        let Some(joined) = w.uploads.join_next().await else {
-            return Ok(());
-        };
+        match w.uploads.join_next().await {
+            Some(joined) => Self::complete_upload(w, joined),
+            None => Ok(()),
+        }
+    }
+
+    /// Completes every upload that has already ended, without waiting for the others.
+    fn reap_finished_uploads(w: &mut WriterState) -> Result<()> {
+        while let Some(joined) = w.uploads.try_join_next() {
+            Self::complete_upload(w, joined)?;
+        }
+        Ok(())
+    }
+
+    /// Releases an ended upload's pack buffer; a failed upload's entries leave the next index.
+    fn complete_upload(
+        w: &mut WriterState,
+        joined: std::result::Result<(Arc<str>, Result<()>), tokio::task::JoinError>,
+    ) -> Result<()> {
         let (blob_id, result) =
             joined.map_err(|e| RepoError::Other(format!("pack upload task failed: {e}")))?;
-        let (data, entries) = w.uploading.remove(&blob_id).expect("upload was registered");
-        if w.spare_packs.len() < SPARE_PACK_BUFFERS
-            && let Ok(mut buffer) = Arc::try_unwrap(data)
-        {
-            buffer.clear();
-            w.spare_packs.push(buffer);
-        }
-        match result {
-            Ok(()) => {
-                w.stored.extend(entries);
-                Ok(())
-            }
-            Err(e) => {
-                // These contents never became durable: forget them so nothing indexes them.
-                for entry in &entries {
-                    w.written.remove(&entry.content_id);
+        w.uploading.remove(&blob_id).expect("upload was registered");
+        result.inspect_err(|_| {
+            // These contents never became durable: nothing may index them. Rare enough that
+            // rebuilding the next index without them beats tracking entries per pack.
+            let kept = std::mem::take(&mut w.written);
+            for e in kept.sorted_entries() {
+                if e.pack_blob_id != blob_id {
+                    w.written.add(e.clone());
                 }
-                Err(e)
             }
-        }
+        })
+    }
+
+    /// Bytes of pack data this writer holds in memory: the packs filling and those uploading.
+    pub async fn pack_bytes_in_memory(&self) -> usize {
+        let w = self.writer.lock().await;
+        let pending: usize = w.pending.iter().flatten().map(|p| p.data.len()).sum();
+        let uploading: usize = w
+            .uploading
+            .values()
+            .filter_map(|up| up.data.upgrade())
+            .map(|data| data.len())
+            .sum();
+        pending + uploading
+    }
+
+    /// Index entries held for the next flush (each content's newest entry counts once).
+    pub async fn unflushed_entries(&self) -> usize {
+        let w = self.writer.lock().await;
+        let pending: usize = w.pending.iter().flatten().map(|p| p.entries.len()).sum();
+        w.written.len() + pending
     }
 
     /// Uploads pending packs, writes the index blobs for everything stored, and commits the session.
@@ -535,22 +689,25 @@ impl ContentManager {
         if let Some(e) = first_error {
             return Err(e);
         }
-        if !w.stored.is_empty() {
+        if !w.written.is_empty() {
             // Deletions alone start no pack, hence no session yet: the index blob still needs one.
             let session_id = self.ensure_session(w).await?;
-            let mut builder = IndexBuilder::new();
-            for e in &w.stored {
-                builder.add(e.clone());
-            }
-            let shards = builder
-                .shard(INDEX_SHARD_SIZE)
-                .iter()
-                .map(|b| b.build(self.crypto.index_version()))
-                .collect::<Result<Vec<_>, _>>()?;
+            let version = self.crypto.index_version();
+            // One shard (the usual case) is built in place, without a copy of the entries.
+            let shards = if w.written.len() <= INDEX_SHARD_SIZE {
+                vec![w.written.build(version)?]
+            } else {
+                w.written
+                    .clone()
+                    .shard(INDEX_SHARD_SIZE)
+                    .iter()
+                    .map(|b| b.build(version))
+                    .collect::<Result<Vec<_>, _>>()?
+            };
             let ids =
                 index_blobs::write_index_shards(&self.store, &self.crypto, &session_id, &shards)
                     .await?;
-            w.stored.clear();
+            w.written = IndexBuilder::new();
             let own = ids
                 .into_iter()
                 .zip(shards)
@@ -561,7 +718,6 @@ impl ContentManager {
                 committed.add_own(Some(id), index);
             }
             drop(committed);
-            w.written.clear();
         }
         if let Some(session) = w.session.take() {
             for marker in &session.marker_blob_ids {
@@ -576,7 +732,8 @@ impl ContentManager {
     /// stays in its pack until maintenance rewrites or removes that pack.
     pub async fn delete_content(&self, id: &ContentId) -> Result<()> {
         let mut w = self.writer.lock().await;
-        let current = match w.written.get(id) {
+        Self::reap_finished_uploads(&mut w)?;
+        let current = match w.written(id) {
             Some(e) => Some(e.clone()),
             None => self
                 .committed
@@ -587,20 +744,20 @@ impl ContentManager {
         let Some(current) = current.filter(|e| !e.deleted) else {
             return Ok(());
         };
-        if w.pending
-            .iter()
-            .flatten()
-            .any(|p| p.blob_id == current.pack_blob_id)
-            || w.uploading.contains_key(&current.pack_blob_id)
+        let slot = usize::from(id.has_prefix());
+        if let Some(pending) = w.pending[slot]
+            .as_mut()
+            .filter(|p| p.blob_id == current.pack_blob_id)
         {
-            // Its pack is not stored yet: drop the content from that pack's future index instead.
-            for p in w.pending.iter_mut().flatten() {
-                p.entries.retain(|e| e.content_id != *id);
+            // Its pack is still filling: the content leaves that pack's index instead (as
+            // kopia does; its bytes stay unreferenced in the pack). Deletions of contents
+            // written moments ago are rare, so the pack's index is rebuilt without it.
+            let kept = std::mem::take(&mut pending.entries);
+            for e in kept.sorted_entries() {
+                if e.content_id != *id {
+                    pending.entries.add(e.clone());
+                }
             }
-            for (_, entries) in w.uploading.values_mut() {
-                entries.retain(|e| e.content_id != *id);
-            }
-            w.written.remove(id);
             return Ok(());
         }
         let now = (self.clock)().timestamp();
@@ -609,19 +766,15 @@ impl ContentManager {
             timestamp_seconds: now.max(current.timestamp_seconds + 1),
             ..current
         };
-        // `stored` only holds IDs also in `written`; scanning it for every delete made a GC of
-        // millions of contents quadratic.
-        if w.written.contains_key(id) {
-            w.stored.retain(|e| e.content_id != *id);
-        }
-        w.stored.push(tombstone.clone());
-        w.written.insert(*id, tombstone);
+        // Newer than every entry of the content (an uploading pack's too, as with kopia), the
+        // tombstone replaces them in the next index.
+        w.written.add(tombstone);
         Ok(())
     }
 
     /// The winning index entry of `id`, deleted or not, including unflushed writes.
     pub async fn content_info(&self, id: &ContentId) -> Option<IndexEntry> {
-        if let Some(e) = self.writer.lock().await.written.get(id) {
+        if let Some(e) = self.writer.lock().await.written(id) {
             return Some(e.clone());
         }
         self.committed
@@ -649,11 +802,19 @@ impl ContentManager {
             .filter(|e| keep(&e.content_id))
             .map(|e| (e.content_id, e))
             .collect();
-        for e in self.writer.lock().await.written.values() {
+        let w = self.writer.lock().await;
+        // Pending packs' entries are newer than sealed ones of the same content: they go last.
+        let pending = w
+            .pending
+            .iter()
+            .flatten()
+            .flat_map(|p| p.entries.sorted_entries());
+        for e in w.written.sorted_entries().into_iter().chain(pending) {
             if keep(&e.content_id) {
                 all.insert(e.content_id, e.clone());
             }
         }
+        drop(w);
         all.into_values()
             .filter(|e| include_deleted || !e.deleted)
             .collect()
@@ -698,10 +859,16 @@ impl ContentManager {
     async fn current_entry(&self, id: &ContentId) -> Result<(IndexEntry, Option<Vec<u8>>)> {
         let unflushed = {
             let w = self.writer.lock().await;
-            w.written.get(id).map(|e| (e.clone(), w.in_memory_bytes(e)))
+            w.written(id).map(|e| (e.clone(), w.unflushed_bytes(e)))
         };
         match unflushed {
-            Some(found) => Ok(found),
+            Some((e, UnflushedBytes::InMemory(bytes))) => Ok((e, Some(bytes))),
+            Some((e, UnflushedBytes::InStore)) => Ok((e, None)),
+            Some((e, UnflushedBytes::Uploading(mut ended))) => {
+                // A closed channel means the upload task is gone: ended either way.
+                let _ = ended.wait_for(|&done| done).await;
+                Ok((e, None))
+            }
             None => {
                 let e = self
                     .committed
