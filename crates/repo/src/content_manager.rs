@@ -32,6 +32,9 @@ const MAX_UPLOADS_IN_FLIGHT: usize = 1;
 const PACK_BUFFER_HEADROOM: usize = 17 << 20;
 /// Bytes a pack streamed to its store gathers in memory before they are written out.
 const STREAM_WRITE_BYTES: usize = 1 << 20;
+/// A streamed pack's buffer is kept (and passed on to the next pack) up to the largest content
+/// it gathers: a fresh one costs a page fault per 4 KiB and a copy per growth, for every pack.
+const MAX_KEPT_STREAM_BUFFER: usize = STREAM_WRITE_BYTES + PACK_BUFFER_HEADROOM;
 /// Compression output buffers kept for reuse (about one per concurrent writer).
 const SPARE_COMPRESSION_BUFFERS: usize = 2;
 /// kopia flushes automatically when this long has passed since the last index flush.
@@ -45,6 +48,8 @@ pub struct ContentManager {
     /// Reused compression outputs: a chunk's compressed form lives only until it is encrypted
     /// into its pack.
     compression_buffers: std::sync::Mutex<Vec<Vec<u8>>>,
+    /// The buffer of the last streamed pack sealed, for the next one.
+    spare_stream_buffer: std::sync::Mutex<Option<Vec<u8>>>,
     clock: Clock,
     username: String,
     hostname: String,
@@ -83,8 +88,8 @@ impl PendingPack {
         }
         stream.append(&self.data)?;
         self.streamed += self.data.len();
-        if self.data.capacity() > 2 * STREAM_WRITE_BYTES {
-            // A large content grew the buffer: give that memory back.
+        if self.data.capacity() > MAX_KEPT_STREAM_BUFFER {
+            // Grown past any chunk (a huge metadata content): give that memory back.
             self.data = Vec::new();
         } else {
             self.data.clear();
@@ -231,6 +236,7 @@ impl ContentManager {
                 last_flush: now,
             }),
             compression_buffers: std::sync::Mutex::new(Vec::new()),
+            spare_stream_buffer: std::sync::Mutex::new(None),
             clock,
             username,
             hostname,
@@ -472,12 +478,22 @@ impl ContentManager {
         let stream = self.store.start_blob(&blob_id).await?;
         // In memory, room for a last content of the largest chunk size past the limit, so the
         // buffer never reallocates (a copy of the whole pack); untouched capacity costs no
-        // memory. Buffers are not reused: a kept one would stay resident beside the next pack.
-        let capacity = match stream {
-            Some(_) => 2 * STREAM_WRITE_BYTES,
-            None => self.crypto.max_pack_size() + PACK_BUFFER_HEADROOM,
+        // memory. Those are not reused: a kept one would stay resident beside the next pack.
+        // A streamed pack only gathers a content or so at a time: its buffer is passed on.
+        let spare = match stream {
+            Some(_) => self
+                .spare_stream_buffer
+                .lock()
+                .expect("buffer lock poisoned")
+                .take(),
+            None => None,
         };
-        let mut data = Vec::with_capacity(capacity);
+        let mut data = spare.unwrap_or_else(|| {
+            Vec::with_capacity(match stream {
+                Some(_) => 2 * STREAM_WRITE_BYTES,
+                None => self.crypto.max_pack_size() + PACK_BUFFER_HEADROOM,
+            })
+        });
         if !self.crypto.config.enable_password_change {
             // Packs of v1-created repositories start with a checksummed copy of the format blob.
             if let Ok(replica) = format_blob::checksummed_replica(&self.crypto.format_blob_bytes) {
@@ -572,7 +588,15 @@ impl ContentManager {
                 // An error drops the stream, which removes the partial pack; its contents were
                 // never indexed.
                 stream.append(&data)?;
-                drop(data);
+                if data.capacity() <= MAX_KEPT_STREAM_BUFFER {
+                    data.clear();
+                    *self
+                        .spare_stream_buffer
+                        .lock()
+                        .expect("buffer lock poisoned") = Some(data);
+                } else {
+                    drop(data);
+                }
                 // The blocking pool starts the fsync at once, whichever tasks keep the workers.
                 w.uploads.spawn_blocking(move || {
                     let r = stream.commit().map_err(RepoError::from);

@@ -134,3 +134,24 @@ async fn large_incompressible_chunks_are_stored_raw_and_text_compressed() {
     }
     repo.contents().flush().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunk_buffers_are_reused_once_their_chunks_are_written() {
+    let repo = new_repo().await;
+    let data = pseudo_random(48 << 20, 11);
+    let mut copied = ObjectWriter::new(repo.contents().clone(), options(None)).unwrap();
+    copied.write(&data).await.unwrap();
+    let filled = write_by_filling(&repo, &data, 1 << 20).await;
+    for writer in [copied, filled] {
+        let chunks = writer.finished_chunks().len();
+        let allocated = writer.chunk_buffers_allocated();
+        assert!(chunks >= 6, "{chunks} chunks: too few to tell");
+        // At most one per chunk in flight (parallelism 2) and the one being filled.
+        assert!(
+            allocated <= 3,
+            "{allocated} buffers allocated for {chunks} chunks"
+        );
+        let id = writer.finish().await.unwrap();
+        assert_eq!(read_object(repo.contents(), &id).await.unwrap(), data);
+    }
+}
