@@ -6,14 +6,16 @@
 //! Points are storage operations of the opened repository, named `<when>-<op>-<class>`:
 //! `before-put-p`, `during-put-x`, `after-put-q`, `before-delete-s`, `get-p`, ... where `class`
 //! is the blob ID's first letter (`p`/`q` packs, `x` index, `s` session, `k` for `kopia.*`).
-//! `during-put` starts the write and crashes while it is in flight.
+//! `during-put` starts the write and crashes while it is in flight; a blob the store takes in
+//! pieces (a filesystem pack) crashes after its first piece, `before-put`/`after-put` surround
+//! its commit.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kmover_blob::{BlobBytes, BlobMetadata, BlobStore, DynBlobStore, Result};
+use kmover_blob::{BlobBytes, BlobMetadata, BlobStore, BlobWriter, DynBlobStore, Result};
 
 pub const CRASH_AT_VAR: &str = "KMOVER_TEST_CRASH_AT";
 
@@ -130,6 +132,17 @@ impl BlobStore for CrashingStore {
         Ok(())
     }
 
+    async fn start_blob(&self, id: &str) -> Result<Option<Box<dyn BlobWriter>>> {
+        let class = class(id).to_string();
+        Ok(self.inner.start_blob(id).await?.map(|inner| {
+            Box::new(CrashingWriter {
+                inner,
+                class,
+                started: false,
+            }) as Box<dyn BlobWriter>
+        }))
+    }
+
     async fn delete(&self, id: &str) -> Result<()> {
         let c = class(id);
         reach(&format!("before-delete-{c}"));
@@ -144,5 +157,42 @@ impl BlobStore for CrashingStore {
 
     fn describe(&self) -> String {
         self.inner.describe()
+    }
+}
+
+/// A blob written in pieces, with the put crash points: `during-put` once its first piece is
+/// written (the partial blob is on disk under its temporary name), `before-put` and `after-put`
+/// around its commit.
+#[derive(Debug)]
+struct CrashingWriter {
+    inner: Box<dyn BlobWriter>,
+    class: String,
+    started: bool,
+}
+
+impl BlobWriter for CrashingWriter {
+    fn append(&mut self, data: &[u8]) -> Result<()> {
+        self.inner.append(data)?;
+        if !self.started {
+            self.started = true;
+            reach(&format!("during-put-{}", self.class));
+        }
+        Ok(())
+    }
+
+    fn read_at(&self, offset: u64, length: u64) -> Result<BlobBytes> {
+        self.inner.read_at(offset, length)
+    }
+
+    fn bytes_written(&self) -> u64 {
+        self.inner.bytes_written()
+    }
+
+    fn commit(self: Box<Self>) -> Result<()> {
+        let class = self.class.clone();
+        reach(&format!("before-put-{class}"));
+        self.inner.commit()?;
+        reach(&format!("after-put-{class}"));
+        Ok(())
     }
 }
