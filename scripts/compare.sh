@@ -94,7 +94,8 @@ mkdir -p "$DATA" "$RUN" "$LOGS"
 FAILURES=0
 
 # Scaled sizes (at least one of everything).
-scaled() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); print (v < 1 ? 1 : v) }'; }
+# printf %.0f: awk's print writes numbers of 2^31 and more as 4.29497e+09.
+scaled() { awk -v n="$1" -v s="$SCALE" 'BEGIN { v = int(n * s + 0.5); printf "%.0f\n", (v < 1 ? 1 : v) }'; }
 
 # ---------------------------------------------------------------- builds
 
