@@ -33,6 +33,17 @@ fn new_repo(dir: &Path) -> (Kmover, PathBuf) {
     (tool, repo)
 }
 
+fn connect_without_persisting(tool: &Kmover, repo: &Path) {
+    tool.run([
+        "repository".as_ref(),
+        "connect".as_ref(),
+        "filesystem".as_ref(),
+        "--no-persist-credentials".as_ref(),
+        "--path".as_ref(),
+        repo.as_os_str(),
+    ]);
+}
+
 #[test]
 fn a_connected_client_derives_the_key_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,28 +127,14 @@ fn no_key_is_kept_without_a_persisted_password() {
     assert!(key_file(&creator).exists());
 
     let tool = Kmover::new();
-    tool.run([
-        "repository".as_ref(),
-        "connect".as_ref(),
-        "filesystem".as_ref(),
-        "--no-persist-credentials".as_ref(),
-        "--path".as_ref(),
-        repo.as_os_str(),
-    ]);
+    connect_without_persisting(&tool, &repo);
     let listed = debug_list(&tool, &[]);
     assert!(listed.status.success(), "{}", stderr(&listed));
     assert!(!stderr(&listed).contains(USED_SAVED_KEY));
     assert!(!key_file(&tool).exists());
 
     // Reconnecting the first client without persisting drops its saved key too.
-    creator.run([
-        "repository".as_ref(),
-        "connect".as_ref(),
-        "filesystem".as_ref(),
-        "--no-persist-credentials".as_ref(),
-        "--path".as_ref(),
-        repo.as_os_str(),
-    ]);
+    connect_without_persisting(&creator, &repo);
     assert!(!key_file(&creator).exists());
 }
 

@@ -115,6 +115,24 @@ fn bucket_of<const K: usize>(hash: &[u8; K], bits: u32) -> usize {
     (u64::from(lead) >> (32 - bits)) as usize
 }
 
+/// Sorts `recs` by hash and keeps each content's winner only. One index's entries (and one
+/// compacted blob, the common case) arrive sorted and unique: then nothing is done. The sort is
+/// in place: a stable sort's scratch buffer would be half the table again.
+fn keep_winners<const K: usize>(
+    recs: &mut Vec<Rec<K>>,
+    winner_first: &impl Fn(&Value, &Value) -> Ordering,
+) {
+    if recs.windows(2).all(|w| w[0].hash < w[1].hash) {
+        return;
+    }
+    recs.sort_unstable_by(|a, b| {
+        a.hash
+            .cmp(&b.hash)
+            .then_with(|| winner_first(&a.value, &b.value))
+    });
+    recs.dedup_by(|later, kept| later.hash == kept.hash);
+}
+
 fn too_large() -> RepoError {
     RepoError::Other("too many index entries to hold in memory".into())
 }
@@ -139,15 +157,7 @@ impl<const K: usize> Table<K> {
             return;
         }
         let mut tail = self.recs.split_off(p);
-        // One index's entries arrive sorted and unique; anything else is sorted here.
-        if !tail.windows(2).all(|w| w[0].hash < w[1].hash) {
-            tail.sort_unstable_by(|a, b| {
-                a.hash
-                    .cmp(&b.hash)
-                    .then_with(|| winner_first(&a.value, &b.value))
-            });
-            tail.dedup_by(|later, kept| later.hash == kept.hash);
-        }
+        keep_winners(&mut tail, &winner_first);
         let t = tail.len();
         let blank = Rec {
             hash: [0u8; K],
@@ -200,16 +210,7 @@ impl<const K: usize> Table<K> {
 
     /// Sorts by hash with each content's winner first, keeps only winners, builds the buckets.
     fn finish(&mut self, winner_first: impl Fn(&Value, &Value) -> Ordering) {
-        // One compacted blob is the common case: already sorted and unique.
-        if !self.recs.windows(2).all(|w| w[0].hash < w[1].hash) {
-            // In place: a stable sort's scratch buffer would be half the table again.
-            self.recs.sort_unstable_by(|a, b| {
-                a.hash
-                    .cmp(&b.hash)
-                    .then_with(|| winner_first(&a.value, &b.value))
-            });
-            self.recs.dedup_by(|later, kept| later.hash == kept.hash);
-        }
+        keep_winners(&mut self.recs, &winner_first);
         self.recs.shrink_to_fit();
         self.build_buckets();
     }
