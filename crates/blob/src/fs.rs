@@ -18,6 +18,7 @@ use chrono::{DateTime, Utc};
 use futures::{StreamExt, TryStreamExt};
 use serde_json::Value;
 
+use crate::direct_append::DirectAppender;
 use crate::{BlobBytes, BlobError, BlobMetadata, BlobStore, Result};
 
 /// Name of the sharding parameters file in the repository root.
@@ -479,14 +480,13 @@ impl BlobStore for FilesystemStore {
         let id = id.to_string();
         let inner = self.inner.clone();
         blocking(move || {
-            let (file, temp) = create_temporary(&inner.root, &id, &path, inner.options, true)?;
+            let (file, temp) = create_temporary(&inner.root, &id, &path, inner.options)?;
             let writer: Box<dyn crate::BlobWriter> = Box::new(FileBlobWriter {
                 id,
-                file,
+                file: DirectAppender::new(file),
                 temp,
                 path,
                 root: inner.root.clone(),
-                len: 0,
                 committed: false,
             });
             Ok(Some(writer))
@@ -662,7 +662,7 @@ fn write_atomically(
     data: impl AsRef<[u8]>,
     options: FilesystemOptions,
 ) -> Result<()> {
-    let (mut file, temp) = create_temporary(root, id, path, options, false)?;
+    let (mut file, temp) = create_temporary(root, id, path, options)?;
     let parent = path.parent().unwrap_or(root);
     let written = file
         .write_all(data.as_ref())
@@ -687,13 +687,12 @@ fn write_atomically(
 }
 
 /// Creates `<path>.tmp.<random>` (and missing shard directories) for a blob to be renamed to
-/// `path`; readable too when `readable`.
+/// `path`.
 fn create_temporary(
     root: &Path,
     id: &str,
     path: &Path,
     options: FilesystemOptions,
-    readable: bool,
 ) -> Result<(File, PathBuf)> {
     let mut random = [0u8; TEMP_SUFFIX_RANDOM_BYTES];
     getrandom::fill(&mut random)
@@ -704,7 +703,6 @@ fn create_temporary(
     let parent = path.parent().unwrap_or(root);
     let create = || {
         OpenOptions::new()
-            .read(readable)
             .write(true)
             .create_new(true)
             .mode(options.file_mode)
@@ -721,51 +719,54 @@ fn create_temporary(
     Ok((file, temp))
 }
 
-/// A blob written in pieces into its temporary file, renamed into place on commit.
+/// A blob written in pieces into its temporary file (around the page cache where possible),
+/// renamed into place on commit.
 #[derive(Debug)]
 struct FileBlobWriter {
     id: String,
-    file: File,
+    file: DirectAppender,
     temp: PathBuf,
     path: PathBuf,
     root: PathBuf,
-    len: u64,
     committed: bool,
 }
 
 impl crate::BlobWriter for FileBlobWriter {
     fn append(&mut self, data: &[u8]) -> Result<()> {
         self.file
-            .write_all(data)
-            .map_err(|e| io_error(&self.id, "write temporary file", &self.temp, e))?;
-        self.len += data.len() as u64;
-        Ok(())
+            .append(data)
+            .map_err(|e| io_error(&self.id, "write temporary file", &self.temp, e))
     }
 
     fn read_at(&self, offset: u64, length: u64) -> Result<BlobBytes> {
-        if offset.checked_add(length).is_none_or(|end| end > self.len) {
+        let len = self.file.len();
+        if offset.checked_add(length).is_none_or(|end| end > len) {
             return Err(BlobError::InvalidRange {
                 id: self.id.clone(),
                 offset,
                 length,
-                actual: self.len,
+                actual: len,
             });
         }
         let mut buffer = vec![0u8; length as usize];
-        self.file
-            .read_exact_at(&mut buffer, offset)
-            .map_err(|e| io_error(&self.id, "read temporary file", &self.temp, e))?;
+        let in_file = self.file.staged_part(offset, &mut buffer);
+        if in_file > 0 {
+            // The writing handle may be in direct mode, which takes aligned reads only.
+            File::open(&self.temp)
+                .and_then(|f| f.read_exact_at(&mut buffer[..in_file], offset))
+                .map_err(|e| io_error(&self.id, "read temporary file", &self.temp, e))?;
+        }
         Ok(buffer)
     }
 
     fn bytes_written(&self) -> u64 {
-        self.len
+        self.file.len()
     }
 
     fn commit(mut self: Box<Self>) -> Result<()> {
         self.file
-            .sync_all()
-            .map_err(|e| io_error(&self.id, "fsync temporary file", &self.temp, e))?;
+            .finish()
+            .map_err(|e| io_error(&self.id, "write and fsync temporary file", &self.temp, e))?;
         std::fs::rename(&self.temp, &self.path)
             .map_err(|e| io_error(&self.id, "rename temporary file to", &self.path, e))?;
         self.committed = true;

@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 pub mod conformance;
+mod direct_append;
 pub mod fault;
 pub mod fs;
 pub mod memory;
