@@ -11,6 +11,10 @@
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::thread::JoinHandle;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
@@ -19,29 +23,77 @@ const ALIGN: usize = 4096;
 /// Bytes staged before they are written: large writes keep the device busy.
 const STAGING: usize = 2 << 20;
 
-#[derive(Debug)]
-pub(crate) struct DirectAppender {
-    file: File,
-    direct: bool,
-    /// `STAGING + ALIGN` bytes, of which `STAGING` from `start` are block-aligned.
-    staging: Vec<u8>,
+/// `STAGING` block-aligned bytes inside an allocation of `STAGING + ALIGN`.
+struct AlignedBuffer {
+    bytes: Vec<u8>,
     start: usize,
+}
+
+impl AlignedBuffer {
+    fn new() -> Self {
+        let bytes = vec![0u8; STAGING + ALIGN];
+        let start = bytes.as_ptr().align_offset(ALIGN);
+        AlignedBuffer { bytes, start }
+    }
+
+    fn get(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.bytes[self.start + range.start..self.start + range.end]
+    }
+
+    fn get_mut(&mut self, range: std::ops::Range<usize>) -> &mut [u8] {
+        &mut self.bytes[self.start + range.start..self.start + range.end]
+    }
+}
+
+/// A full buffer on its way to the file, written by the appender's thread: the caller stages
+/// the next one meanwhile instead of waiting for the device (a maintenance rewrite appends
+/// under the pack writer's lock while it also reads).
+struct InFlight {
+    buffer: Arc<AlignedBuffer>,
+    offset: u64,
+}
+
+struct WriterThread {
+    jobs: SyncSender<(Arc<AlignedBuffer>, u64)>,
+    /// In a mutex only because blob writers must be `Sync`; one thread uses it.
+    results: std::sync::Mutex<Receiver<io::Result<()>>>,
+    handle: JoinHandle<()>,
+}
+
+pub(crate) struct DirectAppender {
+    file: Arc<File>,
+    direct: Arc<AtomicBool>,
+    staging: AlignedBuffer,
     staged: usize,
+    /// The next buffer to stage into, once the in-flight one is back.
+    spare: Option<AlignedBuffer>,
+    in_flight: Option<InFlight>,
+    writer: Option<WriterThread>,
+    /// Bytes written or being written to the file.
     on_disk: u64,
+}
+
+impl std::fmt::Debug for DirectAppender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectAppender")
+            .field("direct", &self.direct.load(Ordering::Relaxed))
+            .field("len", &self.len())
+            .finish()
+    }
 }
 
 impl DirectAppender {
     /// Takes a new, empty file opened for writing and switches it to direct I/O if possible.
     pub(crate) fn new(file: File) -> Self {
         let direct = set_direct(&file, true).is_ok();
-        let staging = vec![0u8; STAGING + ALIGN];
-        let start = staging.as_ptr().align_offset(ALIGN);
         DirectAppender {
-            file,
-            direct,
-            staging,
-            start,
+            file: Arc::new(file),
+            direct: Arc::new(AtomicBool::new(direct)),
+            staging: AlignedBuffer::new(),
             staged: 0,
+            spare: None,
+            in_flight: None,
+            writer: None,
             on_disk: 0,
         }
     }
@@ -53,56 +105,162 @@ impl DirectAppender {
     pub(crate) fn append(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
             let n = data.len().min(STAGING - self.staged);
-            let at = self.start + self.staged;
-            self.staging[at..at + n].copy_from_slice(&data[..n]);
+            self.staging
+                .get_mut(self.staged..self.staged + n)
+                .copy_from_slice(&data[..n]);
             self.staged += n;
             data = &data[n..];
             if self.staged == STAGING {
-                self.write_staged()?;
+                self.send_staged()?;
             }
         }
         Ok(())
     }
 
-    /// Copies bytes `offset..offset + out.len()` that are still staged into `out`, and returns how
-    /// many leading bytes of the range are already in the file (read those from it).
+    /// Copies bytes `offset..offset + out.len()` that are not yet in the file (staged or being
+    /// written) into `out`, and returns how many leading bytes of the range are in the file
+    /// (read those from it).
     pub(crate) fn staged_part(&self, offset: u64, out: &mut [u8]) -> usize {
+        let in_file_end = self.in_flight.as_ref().map_or(self.on_disk, |f| f.offset);
         let end = offset + out.len() as u64;
-        if end <= self.on_disk {
-            return out.len();
+        let mut copy = |from: u64, buffer: &AlignedBuffer, buffer_offset: u64, len: u64| {
+            let lo = offset.max(from).max(buffer_offset);
+            let hi = end.min(buffer_offset + len);
+            if lo < hi {
+                let at = (lo - buffer_offset) as usize;
+                out[(lo - offset) as usize..(hi - offset) as usize]
+                    .copy_from_slice(buffer.get(at..at + (hi - lo) as usize));
+            }
+        };
+        if let Some(f) = &self.in_flight {
+            copy(f.offset, &f.buffer, f.offset, STAGING as u64);
         }
-        let from = offset.max(self.on_disk);
-        let in_file = (from - offset) as usize;
-        let staged_from = self.start + (from - self.on_disk) as usize;
-        let staged_len = out.len() - in_file;
-        out[in_file..].copy_from_slice(&self.staging[staged_from..staged_from + staged_len]);
-        in_file
+        copy(
+            self.on_disk,
+            &self.staging,
+            self.on_disk,
+            self.staged as u64,
+        );
+        (in_file_end.clamp(offset, end) - offset) as usize
     }
 
     /// Writes what is staged and makes the file durable.
     pub(crate) fn finish(&mut self) -> io::Result<()> {
-        if self.staged % ALIGN != 0 && self.direct {
+        self.complete_in_flight()?;
+        self.stop_writer();
+        if !self.staged.is_multiple_of(ALIGN) && self.direct.load(Ordering::Relaxed) {
             set_direct(&self.file, false)?;
-            self.direct = false;
+            self.direct.store(false, Ordering::Relaxed);
         }
-        self.write_staged()?;
+        write_block(
+            &self.file,
+            &self.direct,
+            self.staging.get(0..self.staged),
+            self.on_disk,
+        )?;
+        self.on_disk += self.staged as u64;
+        self.staged = 0;
         self.file.sync_all()
     }
 
-    fn write_staged(&mut self) -> io::Result<()> {
-        let bytes = &self.staging[self.start..self.start + self.staged];
-        match self.file.write_all_at(bytes, self.on_disk) {
-            Err(e) if self.direct && e.raw_os_error() == Some(nix::libc::EINVAL) => {
-                // The filesystem took the flag but refuses the write: write through the cache.
-                set_direct(&self.file, false)?;
-                self.direct = false;
-                self.file.write_all_at(bytes, self.on_disk)?;
-            }
-            other => other?,
+    /// Hands the full staging buffer to the writer thread, after the previous one is written.
+    fn send_staged(&mut self) -> io::Result<()> {
+        self.complete_in_flight()?;
+        let next = self.spare.take().unwrap_or_else(AlignedBuffer::new);
+        let buffer = Arc::new(std::mem::replace(&mut self.staging, next));
+        if self.writer.is_none() {
+            self.writer = Some(self.start_writer()?);
         }
-        self.on_disk += self.staged as u64;
+        self.writer
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .jobs
+            .send((buffer.clone(), self.on_disk))
+            .map_err(|_| writer_gone())?;
+        self.in_flight = Some(InFlight {
+            buffer,
+            offset: self.on_disk,
+        });
+        self.on_disk += STAGING as u64;
         self.staged = 0;
         Ok(())
+    }
+
+    fn start_writer(&self) -> io::Result<WriterThread> {
+        let (jobs, job_queue) = sync_channel::<(Arc<AlignedBuffer>, u64)>(1);
+        let (result_sender, results) = sync_channel(1);
+        let (file, direct) = (self.file.clone(), self.direct.clone());
+        let handle = std::thread::Builder::new()
+            .name("pack-writer".into())
+            .spawn(move || {
+                for (buffer, offset) in job_queue {
+                    let written = write_block(&file, &direct, buffer.get(0..STAGING), offset);
+                    // The buffer goes back to the appender: it must hold the only reference.
+                    drop(buffer);
+                    if result_sender.send(written).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(WriterThread {
+            jobs,
+            results: std::sync::Mutex::new(results),
+            handle,
+        })
+    }
+
+    /// Waits for the buffer being written, and keeps it for reuse.
+    fn complete_in_flight(&mut self) -> io::Result<()> {
+        let Some(in_flight) = self.in_flight.take() else {
+            return Ok(());
+        };
+        let written = self
+            .writer
+            .as_ref()
+            .ok_or_else(writer_gone)?
+            .results
+            .lock()
+            .map_err(|_| writer_gone())?
+            .recv()
+            .map_err(|_| writer_gone())?;
+        self.spare = Arc::into_inner(in_flight.buffer);
+        written
+    }
+
+    fn stop_writer(&mut self) {
+        if let Some(WriterThread {
+            jobs,
+            results,
+            handle,
+        }) = self.writer.take()
+        {
+            drop(jobs);
+            drop(results);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for DirectAppender {
+    fn drop(&mut self) {
+        self.stop_writer();
+    }
+}
+
+fn writer_gone() -> io::Error {
+    io::Error::other("the pack writer thread stopped")
+}
+
+/// Writes `bytes` at `offset`; a filesystem that took the direct flag but refuses the write
+/// gets it through the page cache from then on.
+fn write_block(file: &File, direct: &AtomicBool, bytes: &[u8], offset: u64) -> io::Result<()> {
+    match file.write_all_at(bytes, offset) {
+        Err(e) if direct.load(Ordering::Relaxed) && e.raw_os_error() == Some(nix::libc::EINVAL) => {
+            set_direct(file, false)?;
+            direct.store(false, Ordering::Relaxed);
+            file.write_all_at(bytes, offset)
+        }
+        other => other,
     }
 }
 
@@ -167,12 +325,12 @@ mod tests {
             .is_ok();
         let path = dir.path().join("blob");
         let mut appender = DirectAppender::new(File::create(&path).unwrap());
-        assert_eq!(appender.direct, supported);
+        assert_eq!(appender.direct.load(Ordering::Relaxed), supported);
         appender.append(&pattern(STAGING + 5, 1)).unwrap();
         // Whole staged blocks went out in direct mode; the tail needs the cache.
-        assert_eq!(appender.direct, supported);
+        assert_eq!(appender.direct.load(Ordering::Relaxed), supported);
         appender.finish().unwrap();
-        assert!(!appender.direct);
+        assert!(!appender.direct.load(Ordering::Relaxed));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), STAGING as u64 + 5);
     }
 
@@ -181,17 +339,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("blob");
         let mut appender = DirectAppender::new(File::create(&path).unwrap());
-        let data = pattern(STAGING + 100, 7);
+        let data = pattern(2 * STAGING + 100, 7);
         appender.append(&data).unwrap();
-        // The first STAGING bytes are in the file, the last 100 staged.
+        // The first STAGING bytes are in the file, the next STAGING on their way, 100 staged.
+        let check = |offset: usize, len: usize, in_file: usize| {
+            let mut out = vec![0u8; len];
+            assert_eq!(appender.staged_part(offset as u64, &mut out), in_file);
+            assert_eq!(out[in_file..], data[offset + in_file..offset + len]);
+        };
+        check(STAGING - 200, STAGING + 250, 200);
+        check(2 * STAGING + 10, 50, 0);
+        check(STAGING + 5, 10, 0);
+        check(0, 50, 50);
+        appender.finish().unwrap();
         let mut out = vec![0u8; 300];
-        let in_file = appender.staged_part(STAGING as u64 - 200, &mut out);
-        assert_eq!(in_file, 200);
-        assert_eq!(&out[200..], &data[STAGING..]);
-        let mut out = vec![0u8; 50];
-        assert_eq!(appender.staged_part(STAGING as u64 + 10, &mut out), 0);
-        assert_eq!(out, data[STAGING + 10..STAGING + 60]);
-        let mut out = vec![0u8; 50];
-        assert_eq!(appender.staged_part(0, &mut out), 50);
+        assert_eq!(appender.staged_part(STAGING as u64, &mut out), 300);
+        assert_eq!(std::fs::read(&path).unwrap(), data);
     }
 }

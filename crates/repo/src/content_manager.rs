@@ -37,6 +37,11 @@ const STREAM_WRITE_BYTES: usize = 1 << 20;
 const MAX_KEPT_STREAM_BUFFER: usize = STREAM_WRITE_BYTES + PACK_BUFFER_HEADROOM;
 /// Compression output buffers kept for reuse (about one per concurrent writer).
 const SPARE_COMPRESSION_BUFFERS: usize = 2;
+thread_local! {
+    /// Plaintext and decompressed output of contents checked on this thread.
+    static CHECK_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
+        const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+}
 /// kopia flushes automatically when this long has passed since the last index flush.
 const AUTO_FLUSH_INTERVAL: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
@@ -307,13 +312,11 @@ impl ContentManager {
         let payload = if header_id == 0 { data } else { compressed };
 
         let mut w = self.writer.lock().await;
-        if w.written(&id).is_some_and(|e| !e.deleted) {
+        let newest = w.written(&id);
+        if newest.is_some_and(|e| !e.deleted) {
             return Ok(());
         }
-        let previous_ts = w
-            .written(&id)
-            .or(previous.as_ref())
-            .map(|e| e.timestamp_seconds);
+        let previous_ts = newest.or(previous.as_ref()).map(|e| e.timestamp_seconds);
         let stored = StoredForm {
             bytes: Packed::Plain(payload),
             original_length,
@@ -415,17 +418,44 @@ impl ContentManager {
     /// `undelete`, only a deleted content is copied, and the copy is live; otherwise the copy
     /// keeps the deleted flag. Missing contents are an error.
     pub async fn rewrite_content(&self, id: &ContentId, undelete: bool) -> Result<()> {
+        self.rewrite_content_using(id, undelete, None).await
+    }
+
+    /// [`ContentManager::rewrite_content`] with the stored bytes of `fetched` read beforehand
+    /// (with its pack neighbours, in one read); they are used while `fetched` is still where
+    /// the content's current entry points, else the content is read again.
+    pub async fn rewrite_content_using(
+        &self,
+        id: &ContentId,
+        undelete: bool,
+        fetched: Option<(&IndexEntry, &[u8])>,
+    ) -> Result<()> {
         let (entry, in_memory) = self.current_entry(id).await?;
         if undelete && !entry.deleted {
             return Ok(());
         }
-        let bytes = match in_memory {
-            Some(bytes) => bytes,
-            None => self.fetch_packed(&entry).await?,
+        let read;
+        let bytes: &[u8] = match (in_memory, fetched) {
+            (Some(bytes), _) => {
+                read = bytes;
+                &read
+            }
+            (None, Some((f, bytes)))
+                if f.pack_blob_id == entry.pack_blob_id
+                    && f.pack_offset == entry.pack_offset
+                    && f.packed_length == entry.packed_length
+                    && bytes.len() == entry.packed_length as usize =>
+            {
+                bytes
+            }
+            (None, _) => {
+                read = self.fetch_packed(&entry).await?;
+                &read
+            }
         };
-        self.decode_packed(&entry, &bytes)?;
+        self.check_packed(&entry, bytes)?;
         let stored = StoredForm {
-            bytes: Packed::Sealed(&bytes),
+            bytes: Packed::Sealed(bytes),
             original_length: entry.original_length,
             compression_header_id: entry.compression_header_id,
             format_version: entry.format_version,
@@ -945,6 +975,29 @@ impl ContentManager {
             .decrypt_in_place(packed, e.content_id.iv())
             .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
         Self::decompress(e, plain)
+    }
+
+    /// [`ContentManager::decode_packed`] for its verdict only: the plaintext goes into buffers
+    /// this thread reuses, so checking many contents costs no allocation per content.
+    fn check_packed(&self, e: &IndexEntry, packed: &[u8]) -> Result<()> {
+        Self::check_key(e)?;
+        CHECK_BUFFERS.with_borrow_mut(|(plain, decompressed)| {
+            plain.clear();
+            self.crypto
+                .encryptor
+                .decrypt_into(packed, e.content_id.iv(), plain)
+                .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
+            if e.compression_header_id != 0 {
+                compression::decompress_into(
+                    e.compression_header_id,
+                    plain,
+                    e.original_length as usize,
+                    decompressed,
+                )
+                .map_err(|err| corrupt(e, format!("cannot decompress: {err}")))?;
+            }
+            Ok(())
+        })
     }
 
     fn check_key(e: &IndexEntry) -> Result<()> {

@@ -342,3 +342,54 @@ async fn writes_are_refused_when_the_repository_requires_blob_retention() {
         "nothing written"
     );
 }
+
+/// A rewrite given bytes read beforehand uses them only while they are where the content's
+/// entry points: bytes of another location (a stale read) are ignored and the content re-read.
+#[tokio::test]
+async fn rewrite_uses_prefetched_bytes_only_for_the_current_location() {
+    let (_store, repo) = new_repo(&fast_options()).await;
+    let contents = repo.contents();
+    let a = pseudo_random(5000, 11);
+    let b = pseudo_random(5000, 12);
+    let id_a = contents.write_content(&a, None, None).await.unwrap();
+    let id_b = contents.write_content(&b, None, None).await.unwrap();
+    contents.flush().await.unwrap();
+    let entry_a = contents.content_info(&id_a).await.unwrap();
+    let entry_b = contents.content_info(&id_b).await.unwrap();
+    let stored_b = contents
+        .store()
+        .get_range(
+            &entry_b.pack_blob_id,
+            u64::from(entry_b.pack_offset),
+            u64::from(entry_b.packed_length),
+        )
+        .await
+        .unwrap();
+
+    // b's bytes offered as a's (same length, b's location): ignored, a is read again.
+    let mut stale = entry_b.clone();
+    stale.content_id = id_a;
+    contents
+        .rewrite_content_using(&id_a, false, Some((&stale, &stored_b)))
+        .await
+        .unwrap();
+    // b's own bytes at b's location: used.
+    contents
+        .rewrite_content_using(&id_b, false, Some((&entry_b, &stored_b)))
+        .await
+        .unwrap();
+    contents.flush().await.unwrap();
+
+    let reopened = Repository::open(repo.store().clone(), PASSWORD, Default::default())
+        .await
+        .unwrap();
+    for (id, data, old) in [(id_a, &a, &entry_a), (id_b, &b, &entry_b)] {
+        let now = reopened.contents().content_info(&id).await.unwrap();
+        assert_ne!(
+            (&now.pack_blob_id, now.pack_offset),
+            (&old.pack_blob_id, old.pack_offset),
+            "content {id} was not copied"
+        );
+        assert_eq!(&reopened.contents().read_content(&id).await.unwrap(), data);
+    }
+}
