@@ -418,44 +418,17 @@ impl ContentManager {
     /// `undelete`, only a deleted content is copied, and the copy is live; otherwise the copy
     /// keeps the deleted flag. Missing contents are an error.
     pub async fn rewrite_content(&self, id: &ContentId, undelete: bool) -> Result<()> {
-        self.rewrite_content_using(id, undelete, None).await
-    }
-
-    /// [`ContentManager::rewrite_content`] with the stored bytes of `fetched` read beforehand
-    /// (with its pack neighbours, in one read); they are used while `fetched` is still where
-    /// the content's current entry points, else the content is read again.
-    pub async fn rewrite_content_using(
-        &self,
-        id: &ContentId,
-        undelete: bool,
-        fetched: Option<(&IndexEntry, &[u8])>,
-    ) -> Result<()> {
         let (entry, in_memory) = self.current_entry(id).await?;
         if undelete && !entry.deleted {
             return Ok(());
         }
-        let read;
-        let bytes: &[u8] = match (in_memory, fetched) {
-            (Some(bytes), _) => {
-                read = bytes;
-                &read
-            }
-            (None, Some((f, bytes)))
-                if f.pack_blob_id == entry.pack_blob_id
-                    && f.pack_offset == entry.pack_offset
-                    && f.packed_length == entry.packed_length
-                    && bytes.len() == entry.packed_length as usize =>
-            {
-                bytes
-            }
-            (None, _) => {
-                read = self.fetch_packed(&entry).await?;
-                &read
-            }
+        let bytes = match in_memory {
+            Some(bytes) => bytes,
+            None => self.fetch_packed(&entry).await?,
         };
-        self.check_packed(&entry, bytes)?;
+        self.check_packed(&entry, &bytes)?;
         let stored = StoredForm {
-            bytes: Packed::Sealed(bytes),
+            bytes: Packed::Sealed(&bytes),
             original_length: entry.original_length,
             compression_header_id: entry.compression_header_id,
             format_version: entry.format_version,

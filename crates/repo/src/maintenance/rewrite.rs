@@ -27,11 +27,10 @@ const SHORT_PACK_PERCENT: usize = 60;
 const FLUSH_EVERY_REWRITTEN: u64 = 100_000;
 /// Copies in flight together.
 const COPY_BATCH: usize = 4096;
-/// Neighbouring contents of a pack are read together, in reads of up to this many bytes: one
-/// read per content made a cold repository's rewrite wait on thousands of small disk reads.
-const MAX_SPAN: u64 = 4 << 20;
-/// Span reads in flight (their copies run meanwhile, on every core).
-const SPANS_IN_FLIGHT: usize = 4;
+/// Copies running at once: many, so that a cold repository's small reads overlap...
+const REWRITE_PARALLELISM: usize = 64;
+/// ...within this many KiB of contents held at once (large chunks are MiBs each).
+const REWRITE_KIB_IN_FLIGHT: u32 = 32 << 10;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RewriteOptions {
@@ -122,7 +121,7 @@ pub async fn rewrite_contents(
                 }
                 stats.to_rewrite_content_count += 1;
                 stats.to_rewrite_content_size += i64::from(e.packed_length);
-                to_copy.push(e.clone());
+                to_copy.push((e.content_id, e.packed_length));
                 if to_copy.len() as u64 >= FLUSH_EVERY_REWRITTEN {
                     resume = Some(e.content_id);
                     break;
@@ -146,16 +145,32 @@ pub async fn rewrite_contents(
 
 async fn copy_batch(
     repo: &Repository,
-    batch: Vec<IndexEntry>,
+    batch: Vec<(ContentId, u32)>,
     stats: &mut RewriteContentsStats,
 ) -> Result<()> {
-    let copies: Vec<Vec<(ContentId, u32, Result<()>)>> = futures::stream::iter(spans(batch))
-        .map(|span| copy_span(repo, span))
-        .buffer_unordered(SPANS_IN_FLIGHT)
+    // Each copy is a task of its own: checking contents (decrypt, decompress) then runs on
+    // every core instead of on the one polling the stream.
+    let budget = Arc::new(tokio::sync::Semaphore::new(REWRITE_KIB_IN_FLIGHT as usize));
+    let copies: Vec<(ContentId, u32, Result<()>)> = futures::stream::iter(batch)
+        .map(|(id, len)| {
+            let contents = repo.contents().clone();
+            let budget = budget.clone();
+            async move {
+                let kib = len.div_ceil(1024).clamp(1, REWRITE_KIB_IN_FLIGHT);
+                let copied = tokio::spawn(async move {
+                    let _held = budget.acquire_many_owned(kib).await;
+                    contents.rewrite_content(&id, false).await
+                })
+                .await
+                .unwrap_or_else(|e| Err(RepoError::Other(format!("copy task failed: {e}"))));
+                (id, len, copied)
+            }
+        })
+        .buffer_unordered(REWRITE_PARALLELISM)
         .collect()
         .await;
     let mut failed = Vec::new();
-    for (id, len, r) in copies.into_iter().flatten() {
+    for (id, len, r) in copies {
         match r {
             Ok(()) => {
                 stats.rewritten_content_count += 1;
@@ -171,82 +186,6 @@ async fn copy_batch(
             failed.len()
         ))),
     }
-}
-
-/// Contents of one pack lying within [`MAX_SPAN`] bytes, read together.
-struct Span {
-    pack: Arc<str>,
-    start: u64,
-    end: u64,
-    entries: Vec<IndexEntry>,
-}
-
-fn spans(mut entries: Vec<IndexEntry>) -> Vec<Span> {
-    entries.sort_unstable_by(|a, b| {
-        (&a.pack_blob_id, a.pack_offset).cmp(&(&b.pack_blob_id, b.pack_offset))
-    });
-    let mut spans: Vec<Span> = Vec::new();
-    for e in entries {
-        let (start, end) = (
-            u64::from(e.pack_offset),
-            u64::from(e.pack_offset) + u64::from(e.packed_length),
-        );
-        match spans.last_mut() {
-            Some(s) if s.pack == e.pack_blob_id && end.max(s.end) - s.start <= MAX_SPAN => {
-                s.end = s.end.max(end);
-                s.entries.push(e);
-            }
-            _ => spans.push(Span {
-                pack: e.pack_blob_id.clone(),
-                start,
-                end,
-                entries: vec![e],
-            }),
-        }
-    }
-    spans
-}
-
-/// Copies a span's contents from one read of it. If that read fails, each content is read on
-/// its own, so a failure names the contents it concerns.
-async fn copy_span(repo: &Repository, span: Span) -> Vec<(ContentId, u32, Result<()>)> {
-    let bytes = repo
-        .store()
-        .get_range(&span.pack, span.start, span.end - span.start)
-        .await
-        .ok()
-        .filter(|b| b.len() as u64 == span.end - span.start)
-        .map(Arc::new);
-    // Each copy is a task of its own: checking contents (decrypt, decompress) then runs on
-    // every core instead of on the one polling the stream.
-    let copies: Vec<_> = span
-        .entries
-        .into_iter()
-        .map(|e| {
-            let contents = repo.contents().clone();
-            let bytes = bytes.clone();
-            let start = span.start;
-            let (id, len) = (e.content_id, e.packed_length);
-            let copy = tokio::spawn(async move {
-                let at = (u64::from(e.pack_offset) - start) as usize;
-                let fetched = bytes
-                    .as_deref()
-                    .map(|b| (&e, &b[at..at + e.packed_length as usize]));
-                contents
-                    .rewrite_content_using(&e.content_id, false, fetched)
-                    .await
-            });
-            (id, len, copy)
-        })
-        .collect();
-    let mut done = Vec::with_capacity(copies.len());
-    for (id, len, copy) in copies {
-        let r = copy
-            .await
-            .unwrap_or_else(|e| Err(RepoError::Other(format!("copy task failed: {e}"))));
-        done.push((id, len, r));
-    }
-    done
 }
 
 /// The packs worth rewriting: under the short-pack threshold by what they keep. Of a lone
@@ -311,48 +250,5 @@ mod tests {
         // Mostly live full packs never do.
         let c = candidate_packs(usage(&[("p1", 100, 70), ("p2", 100, 61)]), 60);
         assert!(c.is_empty());
-    }
-
-    #[test]
-    fn neighbours_in_a_pack_share_a_read() {
-        let entry = |pack: &str, offset: u32, len: u32, n: u8| IndexEntry {
-            content_id: ContentId::from_hash(None, &[n; 16]).unwrap(),
-            timestamp_seconds: 0,
-            deleted: false,
-            pack_blob_id: Arc::from(pack),
-            pack_offset: offset,
-            packed_length: len,
-            original_length: len,
-            compression_header_id: 0,
-            format_version: 2,
-            encryption_key_id: 0,
-        };
-        let max = MAX_SPAN as u32;
-        let got = spans(vec![
-            entry("p2", 100, 10, 1),
-            entry("p1", 5000, 100, 2),
-            entry("p1", 0, 100, 3),
-            entry("p1", max - 50, 50, 4),
-            entry("p1", max, 10, 5),
-            entry("p1", max + 10, max + 1, 6),
-        ]);
-        let shape: Vec<(&str, u64, u64, usize)> = got
-            .iter()
-            .map(|s| (&*s.pack, s.start, s.end, s.entries.len()))
-            .collect();
-        let max = MAX_SPAN;
-        assert_eq!(
-            shape,
-            [
-                // Up to MAX_SPAN bytes of one pack, in offset order, read together...
-                ("p1", 0, max, 3),
-                // ...then a new read; a content larger than a span is read alone.
-                ("p1", max, max + 10, 1),
-                ("p1", max + 10, 2 * max + 11, 1),
-                ("p2", 100, 110, 1),
-            ]
-        );
-        let offsets: Vec<u32> = got[0].entries.iter().map(|e| e.pack_offset).collect();
-        assert_eq!(offsets, [0, 5000, max as u32 - 50]);
     }
 }
