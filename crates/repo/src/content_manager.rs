@@ -37,6 +37,8 @@ const STREAM_WRITE_BYTES: usize = 1 << 20;
 const MAX_KEPT_STREAM_BUFFER: usize = STREAM_WRITE_BYTES + PACK_BUFFER_HEADROOM;
 /// Compression output buffers kept for reuse (about one per concurrent writer).
 const SPARE_COMPRESSION_BUFFERS: usize = 2;
+/// Check buffers grown past this are released after use.
+const MAX_KEPT_CHECK_BUFFER: usize = 1 << 20;
 thread_local! {
     /// Plaintext and decompressed output of contents checked on this thread.
     static CHECK_BUFFERS: std::cell::RefCell<(Vec<u8>, Vec<u8>)> =
@@ -956,20 +958,30 @@ impl ContentManager {
         Self::check_key(e)?;
         CHECK_BUFFERS.with_borrow_mut(|(plain, decompressed)| {
             plain.clear();
-            self.crypto
+            let checked = self
+                .crypto
                 .encryptor
                 .decrypt_into(packed, e.content_id.iv(), plain)
-                .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
-            if e.compression_header_id != 0 {
-                compression::decompress_into(
-                    e.compression_header_id,
-                    plain,
-                    e.original_length as usize,
-                    decompressed,
-                )
-                .map_err(|err| corrupt(e, format!("cannot decompress: {err}")))?;
+                .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))
+                .and_then(|()| {
+                    if e.compression_header_id == 0 {
+                        return Ok(());
+                    }
+                    compression::decompress_into(
+                        e.compression_header_id,
+                        plain,
+                        e.original_length as usize,
+                        decompressed,
+                    )
+                    .map_err(|err| corrupt(e, format!("cannot decompress: {err}")))
+                });
+            // Large contents' buffers are not kept: every worker thread would hold them.
+            for buffer in [plain, decompressed] {
+                if buffer.capacity() > MAX_KEPT_CHECK_BUFFER {
+                    *buffer = Vec::new();
+                }
             }
-            Ok(())
+            checked
         })
     }
 

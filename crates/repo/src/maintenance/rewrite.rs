@@ -30,7 +30,7 @@ const COPY_BATCH: usize = 4096;
 /// Copies running at once: many, so that a cold repository's small reads overlap...
 const REWRITE_PARALLELISM: usize = 64;
 /// ...within this many KiB of contents held at once (large chunks are MiBs each).
-const REWRITE_KIB_IN_FLIGHT: u32 = 32 << 10;
+const REWRITE_KIB_IN_FLIGHT: u32 = 8 << 10;
 
 #[derive(Clone, Copy, Debug)]
 pub struct RewriteOptions {
