@@ -275,6 +275,34 @@ impl ContentManager {
         compression: Option<u32>,
     ) -> Result<ContentId> {
         let id = self.content_id_for(data, prefix)?;
+        self.write_content_with_id(id, data, compression).await
+    }
+
+    /// [`ContentManager::write_content`] for several contents of one prefix, in order. Their
+    /// IDs are computed together: BLAKE2 hashes several inputs at once in SIMD lanes, about
+    /// twice as fast per byte on small inputs (a directory of small files).
+    pub async fn write_contents(
+        &self,
+        contents: &[(&[u8], Option<u32>)],
+        prefix: Option<u8>,
+    ) -> Result<Vec<ContentId>> {
+        let inputs: Vec<&[u8]> = contents.iter().map(|(data, _)| *data).collect();
+        let hashes = self.crypto.hasher.hash_many(&inputs);
+        let mut ids = Vec::with_capacity(contents.len());
+        for ((data, compression), hash) in contents.iter().zip(hashes) {
+            let id = ContentId::from_hash(prefix, hash.as_ref())?;
+            ids.push(self.write_content_with_id(id, data, *compression).await?);
+        }
+        Ok(ids)
+    }
+
+    /// Stores `data` under `id`, which the caller computed from `data` and its prefix.
+    async fn write_content_with_id(
+        &self,
+        id: ContentId,
+        data: &[u8],
+        compression: Option<u32>,
+    ) -> Result<ContentId> {
         let previous = self
             .committed
             .read()

@@ -275,6 +275,24 @@ impl ObjectWriter {
     }
 }
 
+/// [`write_chunk`] for several chunks of unprefixed data, hashed together (see
+/// [`ContentManager::write_contents`]).
+pub async fn write_chunks(
+    contents: &ContentManager,
+    chunks: &[(&[u8], Option<u32>)],
+) -> Result<Vec<ObjectId>> {
+    if contents.crypto().index_version() < 2 {
+        // kopia's legacy object-level compression: one by one.
+        let mut ids = Vec::with_capacity(chunks.len());
+        for (chunk, compression) in chunks {
+            ids.push(write_chunk(contents, chunk, None, *compression).await?);
+        }
+        return Ok(ids);
+    }
+    let ids = contents.write_contents(chunks, None).await?;
+    Ok(ids.into_iter().map(ObjectId::direct).collect())
+}
+
 /// Writes one chunk. Repositories whose index cannot record compression (v1) get kopia's legacy
 /// object-level compression (`Z` IDs) for unprefixed data. Data shorter than every splitter's
 /// minimum segment is a whole object this way.

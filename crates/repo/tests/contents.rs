@@ -342,3 +342,43 @@ async fn writes_are_refused_when_the_repository_requires_blob_retention() {
         "nothing written"
     );
 }
+
+/// Contents written together (hashed in SIMD lanes at once) get the IDs written one by one
+/// would, dedup against each other and earlier writes, and read back.
+#[tokio::test]
+async fn contents_written_together_match_one_by_one_writes() {
+    let (_store, repo) = new_repo(&fast_options()).await;
+    let contents = repo.contents();
+    let zstd = Some(header_id_for_name("zstd-fastest").unwrap());
+    let earlier = pseudo_random(700, 3);
+    contents.write_content(&earlier, None, None).await.unwrap();
+    let text = "small file ".repeat(300).into_bytes();
+    let items: Vec<Vec<u8>> = (0..21)
+        .map(|i| match i % 7 {
+            0 => earlier.clone(),
+            1 => text.clone(),
+            2 => Vec::new(),
+            _ => pseudo_random(100 * i, 40 + i as u64),
+        })
+        .collect();
+    let batch: Vec<(&[u8], Option<u32>)> = items
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.as_slice(), if i % 2 == 0 { zstd } else { None }))
+        .collect();
+    let ids = contents.write_contents(&batch, None).await.unwrap();
+    assert_eq!(ids.len(), items.len());
+    for (id, data) in ids.iter().zip(&items) {
+        assert_eq!(*id, contents.content_id_for(data, None).unwrap());
+    }
+    let distinct: std::collections::HashSet<_> = ids.iter().collect();
+    contents.flush().await.unwrap();
+    let reopened = Repository::open(repo.store().clone(), PASSWORD, Default::default())
+        .await
+        .unwrap();
+    let stored = reopened.contents().list_contents(false).await;
+    assert_eq!(stored.len(), distinct.len());
+    for (id, data) in ids.iter().zip(&items) {
+        assert_eq!(&reopened.contents().read_content(id).await.unwrap(), data);
+    }
+}

@@ -23,7 +23,7 @@ use kmover_format::snapshot::directory::{
 use kmover_format::snapshot::manifest::{SnapshotManifest, SnapshotStats, SourceInfo};
 use kmover_format::snapshot::policy::Policy;
 use kmover_repo::object::{
-    ObjectWriter, ObjectWriterOptions, open_object, read_object, write_object,
+    ObjectWriter, ObjectWriterOptions, open_object, read_object, write_chunks, write_object,
 };
 use kmover_repo::{ContentManager, Repository};
 use tokio::sync::Semaphore;
@@ -701,6 +701,9 @@ async fn write_small_items(
     Ok(grown)
 }
 
+/// Small files whose IDs are computed together (BLAKE2b's SIMD lanes take several inputs).
+const HASHED_TOGETHER: usize = 16;
+
 /// One small object to write: its index in the batch, its bytes and their compression.
 type SmallJob = (usize, Vec<u8>, Option<u32>);
 
@@ -759,9 +762,15 @@ async fn write_jobs(
     jobs: Vec<SmallJob>,
 ) -> Result<Vec<(usize, i64, ObjectId)>> {
     let mut written = Vec::with_capacity(jobs.len());
-    for (i, data, compression) in jobs {
-        let object = write_small_object(contents, &data, None, compression).await?;
-        written.push((i, data.len() as i64, object));
+    for group in jobs.chunks(HASHED_TOGETHER) {
+        let chunks: Vec<(&[u8], Option<u32>)> = group
+            .iter()
+            .map(|(_, data, compression)| (data.as_slice(), *compression))
+            .collect();
+        let objects = write_chunks(contents, &chunks).await?;
+        for ((i, data, _), object) in group.iter().zip(objects) {
+            written.push((*i, data.len() as i64, object));
+        }
     }
     Ok(written)
 }
