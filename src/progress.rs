@@ -53,6 +53,13 @@ impl Default for ProgressConfig {
 
 static CONFIG: OnceLock<ProgressConfig> = OnceLock::new();
 
+/// Progress is a bar redrawn in place (else plain lines).
+fn draws_a_bar() -> bool {
+    std::io::stderr().is_terminal()
+        && std::env::var_os("KMOVER_PLAIN_PROGRESS").is_none()
+        && crate::logging::format() == crate::logging::LogFormat::Text
+}
+
 /// Sets how progress is shown; the first call wins (main calls it once).
 pub fn configure(config: ProgressConfig) {
     let _ = CONFIG.set(config);
@@ -181,9 +188,7 @@ impl Progress {
                 bar: None,
             };
         }
-        let terminal = std::io::stderr().is_terminal()
-            && std::env::var_os("KMOVER_PLAIN_PROGRESS").is_none()
-            && crate::logging::format() == crate::logging::LogFormat::Text;
+        let terminal = draws_a_bar();
         let bar = terminal.then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
             bar.set_style(spinner_style());
@@ -364,15 +369,46 @@ pub struct TreeEstimate {
     stop: Arc<AtomicBool>,
 }
 
+/// When the estimate's walk starts: at once under a bar, which shows a total from the start;
+/// halfway to the first plain line otherwise; never without progress. The walk stats every file
+/// a second time (a tenth of a short incremental backup's CPU), and a backup finished before
+/// its first line needs no total.
+fn estimate_delay() -> Option<Duration> {
+    let config = config();
+    if !config.enabled {
+        return None;
+    }
+    if draws_a_bar() {
+        return Some(Duration::ZERO);
+    }
+    Some(config.interval.unwrap_or(DEFAULT_LINE_INTERVAL) / 2)
+}
+
 impl TreeEstimate {
     pub fn start(root: &Path) -> Self {
+        match estimate_delay() {
+            Some(delay) => Self::start_after(root, delay),
+            None => TreeEstimate {
+                counters: Arc::new(Counters::default()),
+                stop: Arc::new(AtomicBool::new(true)),
+            },
+        }
+    }
+
+    fn start_after(root: &Path, delay: Duration) -> Self {
         let counters = Arc::new(Counters::default());
         let stop = Arc::new(AtomicBool::new(false));
         let (c, s, root) = (counters.clone(), stop.clone(), root.to_path_buf());
-        tokio::task::spawn_blocking(move || {
-            if let Some((files, bytes)) = walk(&root, &s) {
-                c.set_totals(Some(files), Some(bytes));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            if s.load(Ordering::Relaxed) {
+                return;
             }
+            tokio::task::spawn_blocking(move || {
+                if let Some((files, bytes)) = walk(&root, &s) {
+                    c.set_totals(Some(files), Some(bytes));
+                }
+            });
         });
         TreeEstimate { counters, stop }
     }
@@ -491,6 +527,27 @@ mod tests {
         let r = c.read();
         assert_eq!((r.files, r.bytes, r.total_files), (0, 0, None));
         assert_eq!(r.phase, "compacting");
+    }
+
+    #[tokio::test]
+    async fn estimate_walks_only_once_its_delay_has_passed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a"), b"12345").unwrap();
+        let delay = Duration::from_millis(300);
+        let dropped_early = TreeEstimate::start_after(dir.path(), delay);
+        let counters = dropped_early.counters.clone();
+        drop(dropped_early);
+        let estimate = TreeEstimate::start_after(dir.path(), delay);
+        tokio::time::sleep(delay / 3).await;
+        assert_eq!(estimate.totals(), (None, None));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while estimate.totals() == (None, None) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(estimate.totals(), (Some(1), Some(5)));
+        // The one dropped before its delay never walked.
+        let r = counters.read();
+        assert_eq!((r.total_files, r.total_bytes), (None, None));
     }
 
     #[test]
