@@ -60,6 +60,32 @@ struct WriterThread {
     handle: JoinHandle<()>,
 }
 
+impl WriterThread {
+    /// A thread writing the buffers it is sent at their offsets.
+    fn start(file: &Arc<File>, direct: &Arc<AtomicBool>) -> io::Result<Self> {
+        let (jobs, job_queue) = sync_channel::<(Arc<AlignedBuffer>, u64)>(1);
+        let (result_sender, results) = sync_channel(1);
+        let (file, direct) = (file.clone(), direct.clone());
+        let handle = std::thread::Builder::new()
+            .name("pack-writer".into())
+            .spawn(move || {
+                for (buffer, offset) in job_queue {
+                    let written = write_block(&file, &direct, buffer.get(0..STAGING), offset);
+                    // The buffer goes back to the appender: it must hold the only reference.
+                    drop(buffer);
+                    if result_sender.send(written).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(WriterThread {
+            jobs,
+            results: std::sync::Mutex::new(results),
+            handle,
+        })
+    }
+}
+
 pub(crate) struct DirectAppender {
     file: Arc<File>,
     direct: Arc<AtomicBool>,
@@ -123,24 +149,20 @@ impl DirectAppender {
     pub(crate) fn staged_part(&self, offset: u64, out: &mut [u8]) -> usize {
         let in_file_end = self.in_flight.as_ref().map_or(self.on_disk, |f| f.offset);
         let end = offset + out.len() as u64;
-        let mut copy = |from: u64, buffer: &AlignedBuffer, buffer_offset: u64, len: u64| {
-            let lo = offset.max(from).max(buffer_offset);
-            let hi = end.min(buffer_offset + len);
+        // Copies the part of the range that `buffer` holds (its bytes start at `at_offset`).
+        let mut copy = |buffer: &AlignedBuffer, at_offset: u64, len: u64| {
+            let lo = offset.max(at_offset);
+            let hi = end.min(at_offset + len);
             if lo < hi {
-                let at = (lo - buffer_offset) as usize;
+                let at = (lo - at_offset) as usize;
                 out[(lo - offset) as usize..(hi - offset) as usize]
                     .copy_from_slice(buffer.get(at..at + (hi - lo) as usize));
             }
         };
         if let Some(f) = &self.in_flight {
-            copy(f.offset, &f.buffer, f.offset, STAGING as u64);
+            copy(&f.buffer, f.offset, STAGING as u64);
         }
-        copy(
-            self.on_disk,
-            &self.staging,
-            self.on_disk,
-            self.staged as u64,
-        );
+        copy(&self.staging, self.on_disk, self.staged as u64);
         (in_file_end.clamp(offset, end) - offset) as usize
     }
 
@@ -168,12 +190,11 @@ impl DirectAppender {
         self.complete_in_flight()?;
         let next = self.spare.take().unwrap_or_else(AlignedBuffer::new);
         let buffer = Arc::new(std::mem::replace(&mut self.staging, next));
-        if self.writer.is_none() {
-            self.writer = Some(self.start_writer()?);
-        }
-        self.writer
-            .as_ref()
-            .ok_or_else(writer_gone)?
+        let writer = match &mut self.writer {
+            Some(w) => w,
+            empty => empty.insert(WriterThread::start(&self.file, &self.direct)?),
+        };
+        writer
             .jobs
             .send((buffer.clone(), self.on_disk))
             .map_err(|_| writer_gone())?;
@@ -184,29 +205,6 @@ impl DirectAppender {
         self.on_disk += STAGING as u64;
         self.staged = 0;
         Ok(())
-    }
-
-    fn start_writer(&self) -> io::Result<WriterThread> {
-        let (jobs, job_queue) = sync_channel::<(Arc<AlignedBuffer>, u64)>(1);
-        let (result_sender, results) = sync_channel(1);
-        let (file, direct) = (self.file.clone(), self.direct.clone());
-        let handle = std::thread::Builder::new()
-            .name("pack-writer".into())
-            .spawn(move || {
-                for (buffer, offset) in job_queue {
-                    let written = write_block(&file, &direct, buffer.get(0..STAGING), offset);
-                    // The buffer goes back to the appender: it must hold the only reference.
-                    drop(buffer);
-                    if result_sender.send(written).is_err() {
-                        break;
-                    }
-                }
-            })?;
-        Ok(WriterThread {
-            jobs,
-            results: std::sync::Mutex::new(results),
-            handle,
-        })
     }
 
     /// Waits for the buffer being written, and keeps it for reuse.

@@ -964,7 +964,7 @@ impl ContentManager {
             .crypto
             .encryptor
             .decrypt(packed, e.content_id.iv())
-            .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
+            .map_err(|err| undecryptable(e, err))?;
         Self::decompress(e, plain)
     }
 
@@ -976,7 +976,7 @@ impl ContentManager {
             .crypto
             .encryptor
             .decrypt_in_place(packed, e.content_id.iv())
-            .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))?;
+            .map_err(|err| undecryptable(e, err))?;
         Self::decompress(e, plain)
     }
 
@@ -990,7 +990,7 @@ impl ContentManager {
                 .crypto
                 .encryptor
                 .decrypt_into(packed, e.content_id.iv(), plain)
-                .map_err(|err| corrupt(e, format!("{err} (the pack is damaged)")))
+                .map_err(|err| undecryptable(e, err))
                 .and_then(|()| {
                     if e.compression_header_id == 0 {
                         return Ok(());
@@ -1001,7 +1001,7 @@ impl ContentManager {
                         e.original_length as usize,
                         decompressed,
                     )
-                    .map_err(|err| corrupt(e, format!("cannot decompress: {err}")))
+                    .map_err(|err| undecompressable(e, err))
                 });
             // Large contents' buffers are not kept: every worker thread would hold them.
             for buffer in [plain, decompressed] {
@@ -1028,7 +1028,7 @@ impl ContentManager {
             return Ok(plain);
         }
         compression::decompress(e.compression_header_id, &plain, e.original_length as usize)
-            .map_err(|err| corrupt(e, format!("cannot decompress: {err}")))
+            .map_err(|err| undecompressable(e, err))
     }
 
     /// Checks one content: its pack range exists (quick) or it decrypts and decompresses (full).
@@ -1054,6 +1054,14 @@ impl ContentManager {
             Ok(())
         }
     }
+}
+
+fn undecryptable(e: &IndexEntry, err: impl std::fmt::Display) -> RepoError {
+    corrupt(e, format!("{err} (the pack is damaged)"))
+}
+
+fn undecompressable(e: &IndexEntry, err: impl std::fmt::Display) -> RepoError {
+    corrupt(e, format!("cannot decompress: {err}"))
 }
 
 fn corrupt(e: &IndexEntry, reason: String) -> RepoError {
